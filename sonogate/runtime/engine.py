@@ -1,0 +1,108 @@
+"""Model execution for one bundle: tensor in, per-frame measurements, plane probability and OOD distance out.
+
+Inputs: a verified ``Bundle`` and a compute device name. Output per call: ``FrameResult``. The backend comes
+from ``sonogate.device.compute`` (ONNX Runtime or OpenVINO); this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sonogate.errors import BundleError
+from sonogate.runtime.bundle import Bundle
+
+
+@dataclass
+class FrameResult:
+    """One frame's raw model output. ``measurements`` are in the bundle's units, before calibration."""
+
+    measurements: np.ndarray  # (m,) float64
+    plane_probability: float
+    ood_distance: float | None  # Mahalanobis distance of the features to the training set (None: no OOD model)
+    ood_threshold: float | None
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.measurements))) and math.isfinite(self.plane_probability)
+
+    @property
+    def out_of_distribution(self) -> bool:
+        if self.ood_distance is None or self.ood_threshold is None:
+            return False
+        return not (self.ood_distance <= self.ood_threshold)  # NaN counts as out of distribution
+
+
+class OodModel:
+    """Mahalanobis distance of encoder features to the training features (mean, precision, threshold)."""
+
+    def __init__(self, mean: np.ndarray, precision: np.ndarray, threshold: float):
+        self.mean = mean.astype(np.float64)
+        self.precision = precision.astype(np.float64)
+        self.threshold = float(threshold)
+        self._centred = np.empty_like(self.mean)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "OodModel | None":
+        entry = bundle.manifest.get("ood")
+        if not entry:
+            return None
+        try:
+            with np.load(bundle.file(entry["file"])) as data:
+                return cls(data["mean"], data["precision"], float(data["threshold"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"bundle OOD statistics {entry.get('file')} are unreadable: {exc}") from None
+
+    def distance(self, features: np.ndarray) -> float:
+        np.subtract(features.reshape(-1), self.mean, out=self._centred)
+        return float(math.sqrt(max(0.0, float(self._centred @ self.precision @ self._centred))))
+
+
+def choose_variant(bundle: Bundle, precision: str) -> str:
+    """Pick the bundle model for a precision request: 'int8' | 'float' | 'openvino' | 'auto' (int8 if present)."""
+    if precision == "auto":
+        for variant in ("int8", "float"):
+            if variant in bundle.models:
+                return variant
+        return next(iter(bundle.models))
+    if precision not in bundle.models:
+        raise BundleError(f"bundle has no '{precision}' model (has: {', '.join(sorted(bundle.models))})")
+    return precision
+
+
+class InferenceEngine:
+    """Runs the bundle's model on preprocessed tensors.
+
+    ``infer(tensor)`` -> FrameResult. A backend exception propagates as RuntimeError; the caller turns it into
+    a "no_recommendation" event instead of crashing.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 1, precision: str = "auto"):
+        from sonogate.device.compute import create_backend
+
+        self.bundle = bundle
+        self.variant = choose_variant(bundle, precision)
+        self.backend, self.device_note = create_backend(bundle.model_path(self.variant), device=device, threads=threads)
+        self.ood = OodModel.from_bundle(bundle)
+        self.n_measurements = len(bundle.measurement_names)
+
+    @property
+    def device_name(self) -> str:
+        return self.backend.name
+
+    def infer(self, tensor: np.ndarray) -> FrameResult:
+        outputs = self.backend.infer(tensor)
+        measurements = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)[: self.n_measurements]
+        logit = float(np.asarray(outputs["plane_logit"]).reshape(-1)[0])
+        plane_probability = 1.0 / (1.0 + math.exp(-logit)) if math.isfinite(logit) else math.nan
+        distance = None
+        if self.ood is not None and "features" in outputs:
+            distance = self.ood.distance(np.asarray(outputs["features"]))
+        return FrameResult(
+            measurements=measurements,
+            plane_probability=plane_probability,
+            ood_distance=distance,
+            ood_threshold=None if self.ood is None else self.ood.threshold,
+        )

@@ -1,0 +1,121 @@
+"""Draw what the sonographer sees: recommendation banner, measurements with bounds, Graf type, quality, speed.
+
+Input: the captured BGR frame, the ROI, and the event dict of that frame. Output: an annotated BGR image
+(the frame is copied into a reused canvas; the capture buffer is never written to).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sonogate.runtime.recommend import DISPLAY_TEXT, Recommendation
+
+COLOURS = {  # BGR
+    Recommendation.US_SUFFICIENT.value: (60, 170, 40),
+    Recommendation.XRAY_RECOMMENDED.value: (30, 30, 220),
+    Recommendation.INSUFFICIENT_IMAGE.value: (0, 170, 230),
+    Recommendation.NO_RECOMMENDATION.value: (110, 110, 110),
+}
+UNITS = {"alpha_deg": "deg", "beta_deg": "deg", "coverage_pct": "%"}
+LABELS = {"alpha_deg": "alpha", "beta_deg": "beta", "coverage_pct": "coverage"}
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+class OverlayRenderer:
+    """Reuses one canvas per frame size."""
+
+    PANEL_WIDTH = 300
+
+    def __init__(self):
+        self._canvas: np.ndarray | None = None
+
+    def render(self, frame: np.ndarray, roi, event: dict) -> np.ndarray:
+        height, width = frame.shape[:2]
+        panel = self.PANEL_WIDTH
+        shape = (max(height, 360), width + panel, 3)
+        if self._canvas is None or self._canvas.shape != shape:
+            self._canvas = np.empty(shape, dtype=np.uint8)
+        canvas = self._canvas
+        canvas[:] = 24
+        canvas[:height, :width] = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        recommendation = event["recommendation"]
+        colour = COLOURS.get(recommendation, (110, 110, 110))
+        if roi is not None:
+            x, y, w, h = (int(v) for v in roi)
+            cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), colour, 2)
+
+        # banner across the image: the recommendation in large type
+        text = DISPLAY_TEXT.get(Recommendation(recommendation), recommendation)
+        cv2.rectangle(canvas, (0, 0), (width - 1, 44), colour, -1)
+        scale = 0.9 if len(text) < 24 else 0.6
+        cv2.putText(canvas, text, (10, 31), FONT, scale, (255, 255, 255), 2, cv2.LINE_AA)
+
+        x0, y = width + 12, 28
+        hip = event.get("hip", "R")
+        cv2.putText(canvas, f"hip: {'right' if hip == 'R' else 'left'}", (x0, y), FONT, 0.55, (230, 230, 230), 1,
+                    cv2.LINE_AA)
+        y += 28
+        measurements = event.get("measurements")
+        for name in ("alpha_deg", "beta_deg", "coverage_pct"):
+            label = LABELS[name]
+            value = None if measurements is None else measurements.get(name)
+            if value is None or value.get("value") is None:
+                line = f"{label}: --"
+                bound_line = ""
+            else:
+                line = f"{label}: {value['value']:.1f} {UNITS[name]}"
+                if value.get("lower_bound") is not None:
+                    bound_line = f"  >= {value['lower_bound']:.1f} (lower bound)"
+                elif value.get("upper_bound") is not None:
+                    bound_line = f"  <= {value['upper_bound']:.1f} (upper bound)"
+                else:
+                    bound_line = "  no finite bound"
+            cv2.putText(canvas, line, (x0, y), FONT, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+            y += 20
+            if bound_line:
+                cv2.putText(canvas, bound_line, (x0, y), FONT, 0.45, (190, 190, 190), 1, cv2.LINE_AA)
+            y += 22
+        graf = event.get("graf_type")
+        cv2.putText(canvas, f"Graf type: {graf or '--'}", (x0, y), FONT, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        y += 30
+
+        quality = event.get("plane_probability")
+        cv2.putText(canvas, "standard plane", (x0, y), FONT, 0.5, (230, 230, 230), 1, cv2.LINE_AA)
+        y += 8
+        cv2.rectangle(canvas, (x0, y), (x0 + 200, y + 12), (80, 80, 80), 1)
+        if quality is not None:
+            fill = int(200 * max(0.0, min(1.0, quality)))
+            bar_colour = (60, 170, 40) if quality >= 0.5 else (0, 170, 230)
+            cv2.rectangle(canvas, (x0, y), (x0 + fill, y + 12), bar_colour, -1)
+        y += 32
+        reason = str(event.get("reason") or "")
+        for chunk in _wrap(reason, 34)[:3]:
+            cv2.putText(canvas, chunk, (x0, y), FONT, 0.42, (200, 200, 200), 1, cv2.LINE_AA)
+            y += 17
+        y += 10
+        latency = event.get("latency_ms")
+        fps = event.get("fps")
+        speed = f"latency {latency:.0f} ms" if latency is not None else "latency --"
+        if fps:
+            speed += f"  {fps:.0f} fps"
+        cv2.putText(canvas, speed, (x0, y), FONT, 0.45, (200, 200, 200), 1, cv2.LINE_AA)
+        y += 18
+        cv2.putText(canvas, f"dropped {event.get('dropped_frames', 0)}", (x0, y), FONT, 0.45, (200, 200, 200), 1,
+                    cv2.LINE_AA)
+        cv2.putText(canvas, "keys: f freeze  r reset  n next hip  q quit", (x0, shape[0] - 12), FONT, 0.38,
+                    (150, 150, 150), 1, cv2.LINE_AA)
+        return canvas
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    return lines

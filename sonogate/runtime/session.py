@@ -1,0 +1,165 @@
+"""The vendor-facing Python API: frames in, event dicts out.
+
+    from sonogate.runtime import Session
+    with Session("demo/bundle", device="auto") as session:
+        event = session.process(frame_bgr)          # one dict per frame, the same as the JSONL events
+        print(event["recommendation"], event["measurements"])
+
+Stages per frame (each timed): roi -> preprocess -> infer -> decide. Any failure inside a stage becomes a
+"no_recommendation" event with ``fault`` set; ``process`` itself never raises for a bad frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonogate.calibration.calfile import CalibrationFile, load_calibration
+from sonogate.errors import CalibrationError, SonogateError
+from sonogate.runtime.bundle import Bundle, load_bundle
+from sonogate.runtime.engine import InferenceEngine
+from sonogate.runtime.preprocess import FrameError, Preprocessor
+from sonogate.runtime.recommend import Decision, Recommendation, Recommender, RecommenderConfig
+from sonogate.runtime.roi import RoiTracker
+
+
+class Session:
+    """One hip-scanning session on one bundle.
+
+    Inputs: bundle folder, compute device ("auto", "ort-cpu", "openvino-cpu", ...), threads, precision
+    ("auto" = INT8 when the bundle has it), optional fixed ROI (x, y, w, h), optional calibration path (default:
+    the bundle's calibration.json). Output of ``process``: the event dict documented in docs/events.md.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, *, device: str = "auto", threads: int = 1,
+                 precision: str = "auto", roi: tuple[int, int, int, int] | None = None,
+                 calibration: str | Path | None = None, detect_roi: bool = True,
+                 config: RecommenderConfig | None = None):
+        self.t_start = time.perf_counter()
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.calibration_note = ""
+        self.calibration, self.calibration_sha256 = self._load_calibration(calibration)
+        self.engine = InferenceEngine(self.bundle, device=device, threads=threads, precision=precision)
+        self.preprocessor = Preprocessor(self.bundle.preprocessing)
+        self.recommender = Recommender(self.bundle.measurement_names, self.calibration, config)
+        self.roi_tracker = RoiTracker(manual=roi) if (roi is not None or detect_roi) else None
+        self.frame_index = 0
+        self.last_roi: tuple[int, int, int, int] | None = roi
+        self._stage_ms = {"roi": 0.0, "preprocess": 0.0, "infer": 0.0, "decide": 0.0}
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _load_calibration(self, path) -> tuple[CalibrationFile | None, str | None]:
+        path = Path(path) if path else self.bundle.calibration_path
+        if not path.exists():
+            self.calibration_note = f"no calibration at {path}: measuring only, no recommendation"
+            return None, None
+        calibration = load_calibration(path, bundle_hash=self.bundle.bundle_hash)  # raises on stale file
+        try:
+            calibration_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise CalibrationError(f"cannot read calibration {path}: {exc}") from None
+        return calibration, calibration_hash
+
+    @property
+    def device_name(self) -> str:
+        return self.engine.device_name
+
+    # -- per frame ------------------------------------------------------------------------------------------
+    def process(self, frame: np.ndarray | None, t_capture: float | None = None, *, fault: str | None = None,
+                dropped_frames: int = 0) -> dict[str, Any]:
+        """Decide on one frame. ``frame=None`` with ``fault`` reports a capture fault (source lost...)."""
+        t_capture = time.perf_counter() if t_capture is None else t_capture
+        stages = self._stage_ms
+        for key in stages:
+            stages[key] = 0.0
+        result = None
+        fault_reason = None
+        if frame is None or fault is not None:
+            fault_reason = fault or "no frame"
+        else:
+            try:
+                t0 = time.perf_counter()
+                if self.roi_tracker is not None:
+                    self.last_roi = self.roi_tracker.update(frame)
+                t1 = time.perf_counter()
+                tensor = self.preprocessor(frame, self.last_roi)
+                t2 = time.perf_counter()
+                result = self.engine.infer(tensor)
+                t3 = time.perf_counter()
+                stages["roi"], stages["preprocess"], stages["infer"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+                if not result.finite:
+                    fault_reason = "model output not finite"
+                else:
+                    decision = self.recommender.update(result.measurements, result.plane_probability,
+                                                       usable=not result.out_of_distribution, t=t_capture)
+                stages["decide"] = (time.perf_counter() - t3) * 1e3
+            except FrameError as exc:
+                fault_reason = f"unreadable frame: {exc}"
+            except Exception as exc:  # a model or backend fault must not stop the cart  # noqa: BLE001
+                fault_reason = f"model error: {type(exc).__name__}: {exc}"
+        if fault_reason is not None:
+            decision = self.recommender.fault(fault_reason)
+        event = self._event(decision, result, t_capture, fault_reason, dropped_frames)
+        self.frame_index += 1
+        return event
+
+    def reset(self, next_hip: bool = False) -> None:
+        self.recommender.reset(next_hip=next_hip)
+
+    def _event(self, decision: Decision, result, t_capture: float, fault: str | None, dropped: int) -> dict:
+        now = time.perf_counter()
+        frame_measurements = None
+        if result is not None:
+            frame_measurements = {name: (round(float(v), 3) if math.isfinite(v) else None)
+                                  for name, v in zip(self.bundle.measurement_names, result.measurements)}
+        return {
+            "frame": self.frame_index,
+            "t_s": round(now - self.t_start, 4),
+            "latency_ms": round((now - t_capture) * 1e3, 3),
+            "stages_ms": {k: round(v, 3) for k, v in self._stage_ms.items()},
+            "recommendation": decision.recommendation.value,
+            "candidate": decision.candidate.value,
+            "reason": decision.reason,
+            "hip": decision.hip,
+            "graf_type": decision.graf_type,
+            "measurements": None if decision.measurements is None else {
+                name: value.to_json() for name, value in decision.measurements.items()},
+            "frame_measurements": frame_measurements,
+            "plane_probability": None if result is None or not math.isfinite(result.plane_probability)
+            else round(result.plane_probability, 4),
+            "ood_distance": None if result is None or result.ood_distance is None
+            or not math.isfinite(result.ood_distance) else round(result.ood_distance, 3),
+            "out_of_distribution": None if result is None else bool(result.out_of_distribution),
+            "accepted_frames": decision.accepted_frames,
+            "dropped_frames": dropped,
+            "roi": None if self.last_roi is None else [int(v) for v in self.last_roi],
+            "fault": fault,
+            "device": self.engine.device_name,
+            "bundle_sha256": self.bundle.bundle_hash,
+            "calibration_sha256": self.calibration_sha256,
+        }
+
+    # -- context manager ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_session(bundle: str | Path, **kwargs) -> Session:
+    """Like ``Session(...)`` but turns library errors into SonogateError with one line (for the CLI)."""
+    try:
+        return Session(bundle, **kwargs)
+    except SonogateError:
+        raise
+    except ValueError as exc:
+        raise SonogateError(str(exc)) from None
