@@ -29,11 +29,11 @@ demo: $(VENV)/.runtime-installed
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
-	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) ".[runtime,dev]"
+	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -e ".[runtime,dev]"
 	touch $@
 
 test-torchfree: $(RUNTIME_VENV)/.installed
-	cd tests && ../$(RUNTIME_VENV)/bin/python -m pytest -q -m torchfree -p no:cacheprovider --rootdir=.. ..
+	$(RUNTIME_VENV)/bin/python -m pytest -q -m torchfree
 
 test-fast: $(VENV)/.all-installed
 	$(VENV)/bin/python -m pytest -q -m "not slow"

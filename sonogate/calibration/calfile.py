@@ -18,6 +18,7 @@ Schema (format_version 1)::
         ...
       },
       "joint": {...} | null,             # provenance of a max-score calibration (scales, n, k, t)
+      "guarantee": {...},                # what delta bounds, in words and fields (optional, informative)
       "data": {...},                     # where the calibration data came from
       "created_utc": "...", "sonogate_version": "..."
     }
@@ -106,6 +107,7 @@ class CalibrationFile:
     aggregation: dict[str, Any] = field(default_factory=dict)
     joint: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    guarantee: dict[str, Any] = field(default_factory=dict)
     created_utc: str = ""
     sonogate_version: str = ""
 
@@ -121,6 +123,7 @@ class CalibrationFile:
             "aggregation": self.aggregation,
             "measurements": {name: m.to_json() for name, m in self.measurements.items()},
             "joint": self.joint,
+            "guarantee": self.guarantee,
             "data": self.data,
             "created_utc": self.created_utc,
             "sonogate_version": self.sonogate_version,
@@ -144,6 +147,7 @@ class CalibrationFile:
             aggregation=dict(obj.get("aggregation") or {}),
             joint=obj.get("joint"),
             data=dict(obj.get("data") or {}),
+            guarantee=dict(obj.get("guarantee") or {}),
             created_utc=str(obj.get("created_utc", "")),
             sonogate_version=str(obj.get("sonogate_version", "")),
         )

@@ -1,0 +1,321 @@
+"""Compute devices: one ``infer(batch) -> {output name: array}`` over ONNX Runtime and OpenVINO, torch-free.
+
+=================  ==========================================================================
+``auto``           OpenVINO CPU when installed (reads .onnx and .xml IR), else ONNX Runtime CPU
+``ort-cpu``        ONNX Runtime, CPUExecutionProvider
+``ort-cuda``       ONNX Runtime, CUDAExecutionProvider (onnxruntime-gpu and a working CUDA)
+``ort-openvino``   ONNX Runtime, OpenVINOExecutionProvider (onnxruntime-openvino)
+``openvino-cpu``   OpenVINO runtime on the CPU
+``openvino-gpu``   OpenVINO runtime on an Intel GPU
+``openvino-auto``  OpenVINO AUTO device selection (latency hint)
+=================  ==========================================================================
+
+``threads`` is the number of intra-op threads (ORT ``intra_op_num_threads`` with one inter-op thread and
+sequential execution; OpenVINO ``INFERENCE_NUM_THREADS`` with ``PERFORMANCE_HINT=LATENCY`` and one stream).
+It defaults to 1: on a small cart CPU shared with capture and display, 2 threads can be many times slower than
+one as soon as anything else runs. CPU inference runs in f32 (``INFERENCE_PRECISION_HINT=f32``) so numbers
+match the float model the calibration was computed with; pass ``precision=None`` to let OpenVINO choose.
+
+A device that is unknown or absent raises :class:`SonogateError` with one line naming the valid / available
+ones. An exception inside ``infer`` is re-raised as ``RuntimeError`` naming the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from sonogate.errors import SonogateError
+
+DEVICES = ("auto", "ort-cpu", "ort-cuda", "ort-openvino", "openvino-cpu", "openvino-gpu", "openvino-auto")
+_ORT_PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-openvino": "OpenVINOExecutionProvider",
+}
+_OV_DEVICES = {"openvino-cpu": "CPU", "openvino-gpu": "GPU", "openvino-auto": "AUTO"}
+_NP_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    name: str  # e.g. "onnxruntime:CPUExecutionProvider" or "openvino:CPU"
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+# --------------------------------------------------------------------------- what is installed
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return ort
+
+
+def _import_ov() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov
+
+
+@lru_cache(maxsize=1)
+def _ov_core() -> Any:
+    return _import_ov().Core()
+
+
+@lru_cache(maxsize=1)
+def _ov_device_list() -> tuple[str, ...]:
+    if _import_ov() is None:
+        return ()
+    try:
+        return tuple(_ov_core().available_devices)
+    except Exception:  # a broken plugin must not break device listing
+        return ()
+
+
+def available_devices() -> list[str]:
+    """Device names usable here, in the order of ``DEVICES`` (always starts with ``auto`` when any is)."""
+    found: list[str] = []
+    ort = _import_ort()
+    providers = set(ort.get_available_providers()) if ort is not None else set()
+    for device, provider in _ORT_PROVIDERS.items():
+        if provider in providers:
+            found.append(device)
+    ov_devices = _ov_device_list()
+    if "CPU" in ov_devices:
+        found.append("openvino-cpu")
+    if any(d.startswith("GPU") for d in ov_devices):
+        found.append("openvino-gpu")
+    if ov_devices:
+        found.append("openvino-auto")
+    return (["auto"] + found) if found else []
+
+
+def _device_error(device: str) -> SonogateError:
+    avail = available_devices()
+    return SonogateError(
+        f"device '{device}' is not available here (available: {', '.join(avail) if avail else 'none'})"
+    )
+
+
+# --------------------------------------------------------------------------- backends
+def _static_shape(dims: list[Any]) -> tuple[int, ...] | None:
+    """Dims with a dynamic batch set to 1; None when another dimension is dynamic (cannot warm up)."""
+    shape = []
+    for i, d in enumerate(dims):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif i == 0:
+            shape.append(1)
+        else:
+            return None
+    return tuple(shape)
+
+
+class OrtBackend:
+    """ONNX Runtime session for one execution provider."""
+
+    def __init__(self, model_path: Path, provider: str, threads: int) -> None:
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only; ORT warnings are not the user's business
+        # Threads waiting for work spin by default: that steals a shared 2-core CPU from capture and display.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        provider_options: dict[str, str] = {}
+        if provider == "OpenVINOExecutionProvider":
+            provider_options = {"device_type": "CPU", "num_of_threads": str(threads)}
+        providers: list[Any] = [(provider, provider_options)]
+        if provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        active = self.session.get_providers()
+        if not active or active[0] != provider:  # e.g. CUDA EP installed but libcudnn / driver missing
+            raise SonogateError(
+                f"device 'ort-{_short_provider(provider)}' is not available here: ONNX Runtime could not "
+                f"load {provider} (it fell back to {', '.join(active) or 'nothing'})"
+            )
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise SonogateError(f"model {model_path.name} has {len(inputs)} inputs; sonogate expects one image input")
+        self.name = f"onnxruntime:{provider}"
+        self.input_name = inputs[0].name
+        self.input_shape = _static_shape(list(inputs[0].shape))
+        self.input_dtype = np.dtype(_NP_DTYPES.get(inputs[0].type, np.float32))
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._output_list = list(self.output_names)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self._output_list, {self.input_name: batch})
+        except Exception as exc:
+            raise RuntimeError(f"{self.name}: inference failed: {_one_line(exc)}") from exc
+        return dict(zip(self.output_names, values))
+
+
+class OpenVINOBackend:
+    """OpenVINO compiled model (reads ONNX or IR .xml) with one reusable infer request."""
+
+    def __init__(self, model_path: Path, device: str, threads: int, precision: str | None) -> None:
+        core = _ov_core()
+        model = core.read_model(str(model_path))
+        if len(model.inputs) != 1:
+            raise SonogateError(
+                f"model {model_path.name} has {len(model.inputs)} inputs; sonogate expects one image input"
+            )
+        cpu_config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+        if precision:
+            cpu_config["INFERENCE_PRECISION_HINT"] = precision
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device == "CPU":
+            config.update(cpu_config)
+        elif device == "AUTO":
+            config["DEVICE_PROPERTIES"] = {"CPU": cpu_config}  # applies if AUTO picks (or starts on) the CPU
+        elif precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.name = f"openvino:{device}"
+        if device == "AUTO":
+            try:
+                self.name += "(" + ",".join(self.compiled.get_property("EXECUTION_DEVICES")) + ")"
+            except Exception:
+                pass
+        port = self.compiled.inputs[0]
+        self.input_name = port.get_any_name()
+        dims = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+        self.input_shape = _static_shape(dims) if port.get_partial_shape().rank.is_static else None
+        self.input_dtype = np.dtype(port.get_element_type().to_dtype())
+        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            self.request.infer({0: batch})
+            # Output tensors are reused by the next inference: hand out copies.
+            return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
+        except Exception as exc:
+            raise RuntimeError(f"{self.name}: inference failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "") if text else type(exc).__name__
+
+
+def _short_provider(provider: str) -> str:
+    return {"CUDAExecutionProvider": "cuda", "OpenVINOExecutionProvider": "openvino"}.get(provider, "cpu")
+
+
+def _build(model_path: Path, device: str, threads: int, precision: str | None) -> Any:
+    if device in _ORT_PROVIDERS:
+        if model_path.suffix.lower() == ".xml":
+            raise SonogateError(
+                f"device '{device}' runs ONNX models; {model_path.name} is OpenVINO IR (use an openvino-* device)"
+            )
+        return OrtBackend(model_path, _ORT_PROVIDERS[device], threads)
+    return OpenVINOBackend(model_path, _OV_DEVICES[device], threads, precision)
+
+
+def warm_up(backend: Any, runs: int) -> float | None:
+    """Run ``runs`` inferences on zeros; return the last one's time in ms (None if the input shape is dynamic)."""
+    shape = getattr(backend, "input_shape", None)
+    if runs <= 0 or shape is None:
+        return None
+    batch = np.zeros(shape, getattr(backend, "input_dtype", np.float32))
+    elapsed = 0.0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.infer(batch)
+        elapsed = time.perf_counter() - t0
+    return 1000.0 * elapsed
+
+
+def create_backend(
+    model_path: str | Path,
+    device: str = "auto",
+    threads: int = 1,
+    warmup: int = 3,
+    *,
+    precision: str | None = "f32",
+) -> tuple[InferenceBackend, str]:
+    """Load ``model_path`` (.onnx, or .xml IR for OpenVINO) on ``device``; return the backend and a one-line note.
+
+    The note says which device was used and why (e.g. ``auto: OpenVINO CPU not available (openvino is not
+    installed), using ONNX Runtime CPU``) and the warm-up latency. Raises SonogateError for an unknown or
+    absent device, a missing model file, or a model the runtime cannot load.
+    """
+    device = str(device).strip().lower()
+    if device not in DEVICES:
+        raise SonogateError(f"unknown device '{device}' (valid: {', '.join(DEVICES)})")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise SonogateError(f"threads must be a whole number >= 1, got {threads!r}")
+    path = Path(model_path)
+    if not path.is_file():
+        raise SonogateError(f"model file not found: {path}")
+
+    note_prefix = ""
+    if device == "auto":
+        ov_ok = "openvino-cpu" in available_devices()
+        ort_ok = "ort-cpu" in available_devices()
+        if ov_ok:
+            try:
+                backend = _build(path, "openvino-cpu", threads, precision)
+                note_prefix = "auto: using OpenVINO CPU"
+            except SonogateError:
+                raise
+            except Exception as exc:
+                if not ort_ok or path.suffix.lower() == ".xml":
+                    raise SonogateError(f"cannot load {path.name} with OpenVINO CPU: {_one_line(exc)}") from None
+                backend = _load(path, "ort-cpu", threads, precision)
+                note_prefix = f"auto: OpenVINO CPU could not load the model ({_one_line(exc)[:120]}), using ONNX Runtime CPU"
+        elif ort_ok:
+            if path.suffix.lower() == ".xml":
+                raise SonogateError(f"{path.name} is OpenVINO IR but openvino is not installed (pip install openvino)")
+            why = "openvino is not installed" if _import_ov() is None else "no OpenVINO CPU device"
+            backend = _load(path, "ort-cpu", threads, precision)
+            note_prefix = f"auto: OpenVINO CPU not available ({why}), using ONNX Runtime CPU"
+        else:
+            raise SonogateError("no inference runtime installed: pip install onnxruntime (or openvino)")
+    else:
+        if device not in available_devices():
+            raise _device_error(device)
+        backend = _load(path, device, threads, precision)
+        note_prefix = f"{device}: {backend.name}"
+
+    try:
+        ms = warm_up(backend, warmup)
+    except RuntimeError as exc:
+        raise SonogateError(f"model {path.name} failed its warm-up run on {backend.name}: {exc}") from None
+    note = f"{note_prefix}, {threads} thread{'s' if threads != 1 else ''}"
+    if ms is not None:
+        note += f", warm-up {ms:.1f} ms/inference"
+    return backend, note
+
+
+def _load(path: Path, device: str, threads: int, precision: str | None) -> Any:
+    try:
+        return _build(path, device, threads, precision)
+    except SonogateError:
+        raise
+    except Exception as exc:  # corrupt model, unsupported operator, plugin failure
+        raise SonogateError(f"cannot load {path.name} on '{device}': {_one_line(exc)}") from None

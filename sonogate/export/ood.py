@@ -1,0 +1,70 @@
+"""Out-of-distribution statistics of the 512-d pooled features (numpy only; written to ``ood.npz``).
+
+Mahalanobis distance to the training standard-plane frames, with a Ledoit-Wolf shrunk covariance: with a
+few hundred frames and 512 dimensions the sample covariance is singular, and shrinkage towards a scaled
+identity gives a well-conditioned inverse without a tuning knob. The threshold is a high percentile of the
+distances of held-out in-distribution frames (frames the statistics never saw, so it is not optimistic).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OOD_FILE = "ood.npz"
+
+
+def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf (2004) shrunk covariance of rows of ``x`` (n, d). Returns (covariance, shrinkage)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    mu = np.trace(s) / d
+    delta2 = np.sum((s - mu * np.eye(d)) ** 2) / d
+    # beta2: how noisy the sample covariance is, from the spread of the per-sample outer products.
+    beta2 = (np.sum((xc**2).T @ (xc**2)) / n - np.sum(s**2)) / (d * n)
+    beta2 = min(beta2, delta2)
+    shrink = 0.0 if delta2 == 0 else beta2 / delta2
+    return shrink * mu * np.eye(d) + (1 - shrink) * s, float(shrink)
+
+
+def mahalanobis(feats: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Distance of each row of ``feats`` (n, d) to ``mean`` under ``precision`` (inverse covariance)."""
+    diff = np.asarray(feats, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", diff, precision, diff), 0.0))
+
+
+def fit_ood(train_feats: np.ndarray, heldout_feats: np.ndarray, percentile: float = 99.5) -> dict:
+    """Inputs: features (n, 512) of training standard-plane frames and of held-out in-distribution frames.
+    Output: dict with mean (d,), precision (d, d) float64, threshold, percentile, shrinkage and counts."""
+    train_feats = np.asarray(train_feats, dtype=np.float64)
+    cov, shrink = ledoit_wolf(train_feats)
+    mean = train_feats.mean(0)
+    precision = np.linalg.inv(cov)
+    ref = heldout_feats if len(heldout_feats) else train_feats
+    dist = mahalanobis(ref, mean, precision)
+    return {
+        "mean": mean,
+        "precision": precision,
+        "threshold": float(np.percentile(dist, percentile)),
+        "percentile": float(percentile),
+        "shrinkage": shrink,
+        "n_train": int(len(train_feats)),
+        "n_heldout": int(len(heldout_feats)),
+    }
+
+
+def save_ood(path: str | Path, stats: dict) -> None:
+    """Write ``ood.npz``: mean (512,) and precision (512, 512) as float32, threshold/percentile/... scalars."""
+    np.savez(
+        path,
+        mean=np.asarray(stats["mean"], dtype=np.float32),
+        precision=np.asarray(stats["precision"], dtype=np.float32),
+        threshold=np.float64(stats["threshold"]),
+        percentile=np.float64(stats["percentile"]),
+        shrinkage=np.float64(stats["shrinkage"]),
+        n_train=np.int64(stats["n_train"]),
+        n_heldout=np.int64(stats["n_heldout"]),
+    )
