@@ -3,7 +3,7 @@
 The graph follows the bundle contract (image -> measurements, plane_logit, features) and runs in real ONNX
 Runtime / OpenVINO. Its outputs are simple functions of the normalised image x:
   alpha = 60 + 10 * mean(x), beta = 60 - 5 * mean(x), coverage = 50 + 20 * mean(x)
-  plane_logit = 20 * var(x) - 1     (a flat frame is "not a plane", a speckled one is)
+  plane_logit = 100 * var(x) - 1    (a flat frame is "not a plane", a speckled one is)
 so a bright speckled frame measures alpha ~ 71 deg and a dark one ~ 50 deg.
 """
 
@@ -33,7 +33,7 @@ def tiny_model(size: int = SIZE) -> onnx.ModelProto:
     inits = [
         numpy_helper.from_array(np.array([[10.0, -5.0, 20.0]], np.float32), "scale3"),
         numpy_helper.from_array(np.array([[60.0, 60.0, 50.0]], np.float32), "offset3"),
-        numpy_helper.from_array(np.array([[20.0]], np.float32), "var_gain"),
+        numpy_helper.from_array(np.array([[100.0]], np.float32), "var_gain"),
         numpy_helper.from_array(np.array([[-1.0]], np.float32), "var_offset"),
         numpy_helper.from_array(rng.normal(size=(2, 512)).astype(np.float32), "feature_matrix"),
         numpy_helper.from_array(np.array([-1, 1], np.int64), "shape_n1"),

@@ -59,10 +59,19 @@ class LivePipeline:
         return open_source(self.options.source, loop=self.options.loop, realtime=self.options.realtime)
 
     def run(self) -> dict:
+        """Process the source until it ends, ``max_frames``/``max_seconds``, or ``q``. Returns the summary.
+
+        Paced sources (live feeds, files at their frame rate) go through the capture thread, where the newest
+        frame wins and late frames are dropped; an unpaced file (``realtime=False``) is replayed frame by frame
+        with nothing dropped, as an offline analysis expects.
+        """
         options = self.options
         log = EventLog(options.events_path)
-        grabber = LatestFrameGrabber(self._source_factory, stale_after_s=options.stale_after_s,
-                                     frozen_after_s=options.frozen_after_s)
+        if options.realtime:
+            grabber = LatestFrameGrabber(self._source_factory, stale_after_s=options.stale_after_s,
+                                         frozen_after_s=options.frozen_after_s)
+        else:
+            grabber = _SynchronousReader(self._source_factory())
         frozen = False
         processed = 0
         t_start = time.perf_counter()
@@ -152,6 +161,35 @@ class LivePipeline:
             cv2.imshow("sonogate", annotated)
             return cv2.waitKey(1) & 0xFF
         return -1
+
+
+class _SynchronousReader:
+    """Grabber-shaped reader for offline replay: every frame, in order, none dropped."""
+
+    dropped_total = 0
+    last_error = ""
+
+    def __init__(self, source):
+        self.source = source
+        self.state = "live"
+        self._index = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.source.close()
+
+    def get(self, timeout: float = 0.0):
+        from sonogate.device.grabber import GrabbedFrame
+
+        ok, image = self.source.read()
+        if not ok or image is None:
+            self.state = "ended"
+            return None
+        frame = GrabbedFrame(index=self._index, image=image, t_capture=time.perf_counter(), dropped_total=0)
+        self._index += 1
+        return frame
 
 
 def _has_gui() -> bool:

@@ -1,0 +1,266 @@
+"""Find the ultrasound image inside a captured scanner screen.
+
+A capture card sees the whole scanner screen: the B-mode image plus text (patient, presets, MI/TI), depth
+rulers with tick marks, logos, icons and black borders. ``detect_roi(frame)`` returns the bounding box
+``(x, y, w, h)`` of the image area, or None:
+
+1. work on a copy scaled to at most 320 px (cheap); colourful pixels (logos, coloured icons) are removed;
+2. keep pixels that are both non-black and textured (local standard deviation): speckle is, flat UI panels
+   are not; a box filter then keeps only places where most neighbours qualify, which removes thin text
+   strokes, ruler lines and tick marks;
+3. a morphological open drops what is left of text, a close fills dark (anechoic) holes in the image;
+4. the largest connected region that is not thin is the image; its box is refined at full resolution.
+
+``RoiTracker`` runs the detector on the first frame and then only every ``redetect_every`` frames, keeps the
+locked box while new detections agree with it (so the crop does not jitter), and switches when two detections
+in a row agree on a different box (the sonographer changed depth or layout). A manual ROI (``--roi x,y,w,h``,
+see ``parse_roi``) bypasses detection. Physical scale from the ruler and DICOM Ultrasound Regions are not
+handled here yet.
+"""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+
+from sonogate.errors import SonogateError
+
+Roi = tuple[int, int, int, int]
+
+_WORK_SIDE = 320  # detection resolution (longest side)
+_BLACK = 12  # grey level below which a pixel counts as background
+_CHROMA = 40  # max(B,G,R) - min(B,G,R) above which a pixel is UI colour, not B-mode grey
+_TEXTURE_STD = 3.0  # local standard deviation that speckle exceeds
+_MIN_SIDE_FRACTION = 0.12  # the image is at least this fraction of the frame in both directions
+
+
+def _box_mean(image: np.ndarray, k: int) -> np.ndarray:
+    return cv2.boxFilter(image, cv2.CV_32F, (k, k), borderType=cv2.BORDER_CONSTANT)
+
+
+def _chroma(bgr: np.ndarray) -> np.ndarray:
+    b, g, r = cv2.split(bgr)
+    return cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
+
+
+def _grey_content(bgr: np.ndarray) -> np.ndarray:
+    """uint8 0/1: non-black pixels that are grey (B-mode), not UI colour."""
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    return ((gray > _BLACK) & (_chroma(bgr) < _CHROMA)).astype(np.uint8)
+
+
+def _candidate_mask(small_bgr: np.ndarray) -> np.ndarray:
+    """Pixels likely inside the ultrasound image (uint8 0/1) at the working resolution."""
+    chroma = _chroma(small_bgr)
+    gray = cv2.cvtColor(small_bgr, cv2.COLOR_BGR2GRAY)
+    gray_f = gray.astype(np.float32)
+    mean = cv2.blur(gray_f, (5, 5))
+    var = cv2.blur(gray_f * gray_f, (5, 5)) - mean * mean
+    textured = var > _TEXTURE_STD * _TEXTURE_STD
+    pixel = (gray > _BLACK) & (chroma < _CHROMA) & textured
+    # keep places where most of a 7x7 neighbourhood qualifies: text strokes and ruler ticks are sparse there
+    dense = _box_mean(pixel.astype(np.float32), 7) > 0.5
+    mask = cv2.morphologyEx(dense.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
+    # drop what survives of text lines, rulers and icons (thin or small) before closing, so the close
+    # below cannot glue a caption to the image
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sh, sw = mask.shape
+    keep = np.zeros(count, np.uint8)
+    for label in range(1, count):
+        w, h = int(stats[label, cv2.CC_STAT_WIDTH]), int(stats[label, cv2.CC_STAT_HEIGHT])
+        if w >= _MIN_SIDE_FRACTION * sw and h >= _MIN_SIDE_FRACTION * sh:
+            keep[label] = 1
+    mask = keep[labels]
+    # fill dark (anechoic) holes and reconnect image parts split by a dark band
+    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
+
+
+def _runs(hits: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
+    """[start, end) runs of True, joining runs separated by at most ``max_gap`` False values."""
+    idx = np.flatnonzero(hits)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > max_gap + 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _best_run(hits: np.ndarray, lo: int, hi: int) -> tuple[int, int] | None:
+    """The run of ``hits`` overlapping [lo, hi) the most: the image, not a ruler or caption beside it."""
+    best, best_overlap = None, 0
+    for start, end in _runs(hits, max_gap=1):
+        overlap = min(end, hi) - max(start, lo)
+        if overlap > best_overlap:
+            best, best_overlap = (start, end), overlap
+    return best
+
+
+def _hit_level(counts_inside: np.ndarray) -> float:
+    """Content count a row / column needs to belong to the image: a tenth of the typical one inside the box.
+
+    Markers drawn against the image edge (a focus triangle, a tick) fill a few pixels of a column; image
+    columns are mostly filled, so they stay apart.
+    """
+    typical = float(np.median(counts_inside)) if counts_inside.size else 0.0
+    return max(3.0, 0.1 * typical)
+
+
+def _refine(frame: np.ndarray, box: Roi, margin: int) -> Roi:
+    """Snap the coarse box to full resolution.
+
+    Around the coarse box (grown by ``margin``), rows and columns with enough grey content form runs; a ruler,
+    tick marks or a caption next to the image are separated from it by an (almost) empty gap, so the run
+    overlapping the coarse box most is the image. Columns are judged over the current rows and vice versa,
+    twice.
+    """
+    height, width = frame.shape[:2]
+    x, y, w, h = box
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
+    on = _grey_content(frame[y0:y1, x0:x1])
+    left, right = x - x0, x - x0 + w  # patch coordinates
+    top, bottom = y - y0, y - y0 + h
+    for _ in range(2):
+        cols = cv2.reduce(np.ascontiguousarray(on[top:bottom]), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+        run = _best_run(cols >= _hit_level(cols[left:right]), left, right)
+        if run is None:
+            return box
+        left, right = run
+        rows = cv2.reduce(np.ascontiguousarray(on[:, left:right]), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+        run = _best_run(rows >= _hit_level(rows[top:bottom]), top, bottom)
+        if run is None:
+            return box
+        top, bottom = run
+    return (x0 + left, y0 + top, right - left, bottom - top)
+
+
+def detect_roi(frame_bgr: np.ndarray) -> Roi | None:
+    """Bounding box ``(x, y, w, h)`` of the ultrasound image in a captured screen, or None if none is found."""
+    frame = np.asarray(frame_bgr)
+    if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
+        return None
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    elif frame.shape[2] != 3:
+        return None
+    height, width = frame.shape[:2]
+    scale = min(1.0, _WORK_SIDE / max(height, width))
+    if scale < 1.0:
+        small = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    else:
+        small = frame
+    mask = _candidate_mask(small)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sh, sw = mask.shape
+    best, best_area = None, 0
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if w < _MIN_SIDE_FRACTION * sw or h < _MIN_SIDE_FRACTION * sh:
+            continue  # text line, ruler, icon
+        if area < 0.25 * w * h:
+            continue  # a frame-like outline, not an image
+        if area > best_area:
+            best, best_area = (x, y, w, h), area
+    if best is None:
+        return None
+    inv = 1.0 / scale
+    x, y, w, h = best
+    coarse = (int(round(x * inv)), int(round(y * inv)), int(round(w * inv)), int(round(h * inv)))
+    refined = _refine(frame, coarse, margin=int(np.ceil(3 * inv)) + 1)
+    if refined[2] < _MIN_SIDE_FRACTION * width or refined[3] < _MIN_SIDE_FRACTION * height:
+        return coarse
+    return refined
+
+
+def _close(a: Roi, b: Roi, tol: int) -> bool:
+    return all(abs(p - q) <= tol for p, q in zip((a[0], a[1], a[0] + a[2], a[1] + a[3]),
+                                                 (b[0], b[1], b[0] + b[2], b[1] + b[3])))
+
+
+def clip_roi(roi: Roi, width: int, height: int) -> Roi:
+    """Clip to the frame; raise SonogateError when nothing of the ROI is inside it."""
+    x, y, w, h = roi
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise SonogateError(f"ROI {x},{y},{w},{h} lies outside the {width}x{height} frame")
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+class RoiTracker:
+    """Per-frame ROI that is cheap and steady: detect now and then, lock, switch only on agreement.
+
+    ``update(frame) -> (x, y, w, h)``: the manual ROI (clipped to the frame) if one was given; else the locked
+    detection; the whole frame until something is detected. ``tolerance`` (pixels, each edge) decides when
+    two boxes are "the same".
+    """
+
+    def __init__(self, manual: Roi | None = None, redetect_every: int = 30, tolerance: int = 6) -> None:
+        if manual is not None:
+            manual = tuple(int(v) for v in manual)  # type: ignore[assignment]
+            if len(manual) != 4 or manual[2] <= 0 or manual[3] <= 0:
+                raise SonogateError(f"ROI must be x,y,w,h with positive width and height, got {manual}")
+        self.manual: Roi | None = manual  # type: ignore[assignment]
+        self.redetect_every = max(1, int(redetect_every))
+        self.tolerance = int(tolerance)
+        self.locked: Roi | None = None
+        self.detections = 0
+        self._pending: Roi | None = None
+        self._since_detect = 0
+        self._shape: tuple[int, ...] | None = None
+        self._manual_clipped: Roi | None = None
+
+    def reset(self) -> None:
+        self.locked = None
+        self._pending = None
+        self._since_detect = 0
+        self._shape = None
+
+    def update(self, frame: np.ndarray) -> Roi:
+        height, width = frame.shape[:2]
+        if frame.shape != self._shape:  # new resolution or layout: start over
+            self.reset()
+            self._shape = frame.shape
+            self._manual_clipped = None
+        if self.manual is not None:
+            if self._manual_clipped is None:
+                self._manual_clipped = clip_roi(self.manual, width, height)
+            return self._manual_clipped
+        due = self.locked is None or self._pending is not None or self._since_detect >= self.redetect_every
+        if due:
+            self._since_detect = 0
+            self.detections += 1
+            found = detect_roi(frame)
+            if found is not None:
+                if self.locked is None:
+                    self.locked = found
+                elif _close(found, self.locked, self.tolerance):
+                    self._pending = None
+                elif self._pending is not None and _close(found, self._pending, self.tolerance):
+                    self.locked, self._pending = found, None  # two detections agree on a new layout
+                else:
+                    self._pending = found
+            else:
+                self._pending = None
+        self._since_detect += 1
+        return self.locked if self.locked is not None else (0, 0, width, height)
+
+
+_ROI_TEXT = re.compile(r"^\s*(\d+)\s*[, ]\s*(\d+)\s*[, ]\s*(\d+)\s*[, ]\s*(\d+)\s*$")
+
+
+def parse_roi(text: str) -> Roi:
+    """``"x,y,w,h"`` (pixels of the captured frame) -> tuple; bad text raises SonogateError (one line)."""
+    match = _ROI_TEXT.match(str(text))
+    if not match:
+        raise SonogateError(f"--roi must be x,y,w,h in whole pixels (e.g. 80,60,480,360), got '{text}'")
+    x, y, w, h = (int(v) for v in match.groups())
+    if w == 0 or h == 0:
+        raise SonogateError(f"--roi width and height must be > 0, got '{text}'")
+    return (x, y, w, h)
