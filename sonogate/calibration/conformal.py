@@ -18,11 +18,10 @@ import math
 import operator
 from decimal import Decimal
 from fractions import Fraction
-from typing import Union
 
 import numpy as np
 
-DeltaLike = Union[float, str, Fraction, Decimal]
+DeltaLike = float | str | Fraction | Decimal
 
 SIDES = ("lower", "upper")
 
@@ -183,9 +182,7 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
     return s
 
 
-def one_sided_radius(
-    scores: np.ndarray, delta: DeltaLike, gamma: DeltaLike | None = None
-) -> tuple[float | None, int]:
+def one_sided_radius(scores: np.ndarray, delta: DeltaLike, gamma: DeltaLike | None = None) -> tuple[float | None, int]:
     """Radius of a one-sided split-conformal bound.
 
     Inputs: ``scores`` (n,) finite calibration scores (prediction minus truth for a lower bound), ``delta`` the
@@ -258,8 +255,10 @@ class OneSidedConformal:
     (-inf / +inf when the radius is infinite). Attributes after fitting: ``a_``, ``b_``, ``radius_``, ``n_``,
     ``k_``.
 
-    >>> cp = OneSidedConformal(delta=0.1).fit(p_fit, y_fit).conformalize(p_cal, y_cal)
-    >>> lower = cp.predict_bound(p_new)
+    Example::
+
+        cp = OneSidedConformal(delta=0.1).fit(p_fit, y_fit).conformalize(p_cal, y_cal)
+        lower = cp.predict_bound(p_new)
     """
 
     def __init__(self, delta: DeltaLike = 0.1, side: str = "lower", affine: bool = True, pac_gamma=None):
@@ -274,14 +273,14 @@ class OneSidedConformal:
         self.pac_gamma = pac_gamma
         self.a_, self.b_ = 1.0, 0.0
 
-    def fit(self, pred, true) -> "OneSidedConformal":
+    def fit(self, pred, true) -> OneSidedConformal:
         self.a_, self.b_ = fit_affine(pred, true) if self.affine else (1.0, 0.0)
         return self
 
     def predict(self, pred) -> np.ndarray:
         return self.a_ * np.asarray(pred, dtype=np.float64) + self.b_
 
-    def conformalize(self, pred, true) -> "OneSidedConformal":
+    def conformalize(self, pred, true) -> OneSidedConformal:
         pred = np.asarray(pred, dtype=np.float64)
         true = np.asarray(true, dtype=np.float64)
         ok = np.isfinite(pred) & np.isfinite(true)

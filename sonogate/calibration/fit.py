@@ -22,11 +22,12 @@ import csv
 import math
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -146,16 +147,14 @@ def read_predictions_csv(path: str | os.PathLike) -> PredictionTable:
     """
     path = Path(path)
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise DataError(f"predictions file not found: {path}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"predictions file {path} is not a readable CSV ({exc})") from None
     except OSError as exc:
         raise DataError(f"cannot read predictions file {path}: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            rows = list(csv.reader(handle))
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"predictions file {path} is not a readable CSV ({exc})") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise DataError(f"predictions file is empty: {path}")
@@ -282,9 +281,9 @@ def aggregate_table(table: PredictionTable, rule: AggregationRule) -> tuple[Swee
         n_frames=np.array(frames, dtype=int),
     )
     info = {
-        "n_rows": int(len(table)),
-        "n_groups": int(len(uniq)),
-        "n_groups_usable": int(len(sweeps)),
+        "n_rows": len(table),
+        "n_groups": len(uniq),
+        "n_groups_usable": len(sweeps),
         "n_groups_dropped": len(dropped),
         "dropped_groups": dropped[:20],
         "n_groups_inconsistent_truth": inconsistent,
@@ -398,7 +397,9 @@ def calibrate_units(
     deltas = _mode_deltas(names, rule_names, delta_f, mode)
     out: dict[str, MeasurementCalibration] = {}
     joint_info: dict[str, Any] | None = None
-    joint_names = rule_names if mode == "joint" else []
+    # A max-score over one measurement is that measurement's own calibration: use the exact separate path
+    # (no divide/multiply by the scale, so the radius is bit-identical to the k-th score).
+    joint_names = rule_names if mode == "joint" and len(rule_names) > 1 else []
     for j, name in enumerate(names):
         if name in joint_names:
             continue
@@ -406,7 +407,12 @@ def calibrate_units(
         s = s[np.isfinite(s)]
         radius, k = one_sided_radius(s, deltas[name], gamma_f)
         out[name] = MeasurementCalibration(
-            side=side_of(name), a=float(a[j]), b=float(b[j]), radius=radius, n=int(s.size), k=int(k),
+            side=side_of(name),
+            a=float(a[j]),
+            b=float(b[j]),
+            radius=radius,
+            n=int(s.size),
+            k=int(k),
             delta=float(deltas[name]),
         )
     if joint_names:
@@ -426,8 +432,12 @@ def calibrate_units(
         t, k = max_score_radius(s, sc, delta_f, gamma_f)
         for jj, name in zip(idx, joint_names):
             out[name] = MeasurementCalibration(
-                side=side_of(name), a=float(a[jj]), b=float(b[jj]),
-                radius=None if t is None else float(t * scale_map[name]), n=int(len(s)), k=int(k),
+                side=side_of(name),
+                a=float(a[jj]),
+                b=float(b[jj]),
+                radius=None if t is None else float(t * scale_map[name]),
+                n=len(s),
+                k=int(k),
                 delta=float(delta_f),
             )
         joint_info = {
@@ -436,12 +446,12 @@ def calibrate_units(
             "scales": {n: scale_map[n] for n in joint_names},
             "scale_source": {n: sources[n] for n in joint_names},
             "t": t,
-            "n": int(len(s)),
+            "n": len(s),
             "k": int(k),
             "delta": float(delta_f),
         }
     out = {n: out[n] for n in names}
-    info = {"n_fit": int(len(fit_pred)) if affine else 0, "n_cal": int(len(cal_pred)), "n_scores": int(len(scores))}
+    info = {"n_fit": len(fit_pred) if affine else 0, "n_cal": len(cal_pred), "n_scores": len(scores)}
     return out, joint_info, info
 
 
@@ -504,7 +514,9 @@ def fit_calibration(
     if not 0 < affine_fraction < 1:
         raise CalibrationError(f"affine_fraction must be in (0, 1), got {affine_fraction}")
     for name in rule_measurements(rule):
-        table.index(name)  # DataError when the rule's columns are missing
+        j = table.index(name)  # DataError when the rule's columns are missing
+        if not np.any(np.isfinite(table.true[:, j])):
+            raise DataError(f"the calibration data has no true values for {name}: calibration needs labelled hips")
     agg_rule = aggregation if aggregation is not None else default_aggregation(table)
     sweeps, agg_info = aggregate_table(table, agg_rule)
     if len(sweeps) == 0:
@@ -632,8 +644,8 @@ def requirement_text(cal: CalibrationFile) -> list[str]:
         op = ">=" if mc.side == "lower" else "<="
         if mc.radius is None:
             lines.append(
-                f"{name} {op} {threshold:g}: bound is infinite (n={mc.n} < {min_calibration_size(mc.delta)} needed at "
-                f"delta {mc.delta:g}); this measurement can never reassure"
+                f"{name} {op} {threshold:g}: bound is infinite (k={mc.k} > n={mc.n}; a finite bound at delta "
+                f"{mc.delta:g} needs n >= {min_calibration_size(mc.delta)}); this measurement can never reassure"
             )
             continue
         need = threshold + mc.radius if mc.side == "lower" else threshold - mc.radius
@@ -646,8 +658,7 @@ def requirement_text(cal: CalibrationFile) -> list[str]:
     joiner = "both of" if combine == "all" and len(names) > 1 else ("either of" if len(names) > 1 else "")
     if joiner and lines:
         lines.insert(0, f"us_sufficient needs {joiner}:")
-    if all(cal.measurements.get(n) is None or cal.measurements[n].radius is None for n in names) or (
-        combine == "all" and any(cal.measurements.get(n) is not None and cal.measurements[n].radius is None for n in names)
-    ):
+    infinite = [cal.measurements.get(n) is None or cal.measurements[n].radius is None for n in names]
+    if all(infinite) if combine == "any" else any(infinite):
         lines.append("=> with this calibration the policy can NEVER say us_sufficient (collect more calibration data)")
     return lines

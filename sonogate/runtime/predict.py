@@ -41,4 +41,7 @@ def predict_folder(bundle_path: str | Path, data_dir: str | Path, device: str = 
     true = folder.targets(hip_names) if all(h in folder.columns for h in hip_names) else folder.targets(list(names))
     ids = np.asarray([p.name for p in folder.image_paths])
     groups = folder.columns["sweep_id"].astype(str) if "sweep_id" in folder.columns else ids
-    return PredictionTable(ids=ids, groups=groups, names=tuple(names), pred=pred, true=true, quality=quality)
+    # splits for affine / conformal must keep each infant whole
+    subjects = folder.columns["patient_id"].astype(str) if "patient_id" in folder.columns else None
+    return PredictionTable(ids=ids, groups=groups, names=tuple(names), pred=pred, true=true, quality=quality,
+                           subjects=subjects)
