@@ -26,15 +26,25 @@ Problems the user can act on raise :class:`sonogate.errors.SourceError` with one
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sonogate.errors import SourceError
+from sonogate.errors import SonogateError, SourceError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+# FFmpeg's own log lines ("moov atom not found", ...) would reach the terminal before our one-line SourceError.
+# OpenCV reads this once, when its FFmpeg backend first initialises; set OPENCV_FFMPEG_LOGLEVEL=24 to debug.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 try:  # OpenCV is a runtime dependency, but keep `import sonogate.device` cheap and clear without it.
     import cv2
@@ -72,6 +82,22 @@ def _require_cv2() -> Any:
     if cv2 is None:
         raise SourceError("OpenCV is not installed: pip install opencv-python-headless")
     return cv2
+
+
+class _QuietOpenCV:
+    """Silence OpenCV's own warnings while probing a source: the SourceError says it in one line."""
+
+    def __enter__(self) -> None:
+        self._level = None
+        try:
+            self._level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except (AttributeError, cv2.error):
+            pass
+
+    def __exit__(self, *exc: object) -> None:
+        if self._level is not None:
+            cv2.utils.logging.setLogLevel(self._level)
 
 
 def to_bgr(frame: Any, source: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -173,7 +199,7 @@ class OpenCVSource:
         if cap is not None:
             cap.release()
 
-    def __enter__(self) -> "OpenCVSource":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -296,13 +322,20 @@ class ArraySource:
         self._closed = True
         self._iter = None
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class DicomCineSource(ArraySource):
     """A DICOM ultrasound cine (``.dcm``) replayed like a live feed.
 
-    Frames come from ``sonogate.data.dicom.read_dicom_frames(path) -> (F, H, W, 3) uint8``. The frame rate is
-    ``fps`` if given, else ``sonogate.data.dicom.read_dicom_fps(path)`` when that hook exists (Frame Time /
-    Cine Rate), else 30.
+    Frames come from ``sonogate.data.dicom``: ``iter_dicom_frames(path)`` (decoded one at a time, bounded
+    memory for long cines) when it exists, else ``read_dicom_frames(path) -> (F, H, W, 3)``. The frame rate is
+    ``fps`` if given, else ``read_dicom_fps(path)`` (Frame Time / Cine Rate) when the file has one, else 30.
+    A file the DICOM reader rejects raises SourceError with its reason.
     """
 
     def __init__(self, path: str | os.PathLike, *, loop: bool = False, realtime: bool = True, fps: float | None = None):
@@ -314,33 +347,61 @@ class DicomCineSource(ArraySource):
             from sonogate.data import dicom as dicom_io
         except ImportError as exc:
             raise SourceError(f"cannot open source '{spec}': DICOM reading is not available ({exc})") from None
-        reader = getattr(dicom_io, "read_dicom_frames", None)
-        if reader is None:
+        iter_frames = getattr(dicom_io, "iter_dicom_frames", None)
+        read_frames = getattr(dicom_io, "read_dicom_frames", None)
+        read_fps = getattr(dicom_io, "read_dicom_fps", None)
+        if iter_frames is None and read_frames is None:
             raise SourceError(f"cannot open source '{spec}': sonogate.data.dicom has no read_dicom_frames")
-        frames = np.asarray(reader(path))
-        if frames.ndim == 3:  # (F, H, W) gray cine
-            frames = frames[..., None]
-        if frames.ndim != 4 or frames.shape[0] == 0:
-            raise SourceError(f"cannot open source '{spec}': expected a cine of frames, got shape {frames.shape}")
-        rate = fps
-        if not rate:
-            fps_reader = getattr(dicom_io, "read_dicom_fps", None)
-            rate = float(fps_reader(path) or 0.0) if fps_reader is not None else 0.0
+        try:
+            rate = float(fps or 0.0) or (float(read_fps(path) or 0.0) if read_fps is not None else 0.0)
+            if iter_frames is not None:
+                first = next(iter(iter_frames(path)), None)  # header and first frame decode: fail here, not later
+                if first is None:
+                    raise SourceError(f"cannot open source '{spec}': the DICOM file has no frames")
+                frames: np.ndarray | Callable[[], Iterator[np.ndarray]] = partial(iter_frames, path)
+            else:
+                cine = np.asarray(read_frames(path))
+                if cine.ndim == 3:  # (F, H, W) gray cine
+                    cine = cine[..., None]
+                if cine.ndim != 4 or cine.shape[0] == 0:
+                    raise SourceError(
+                        f"cannot open source '{spec}': expected a cine of frames, got shape {cine.shape}"
+                    )
+                frames = cine
+        except SourceError:
+            raise
+        except SonogateError as exc:  # DataError from the reader: corrupt file, no decoder, ...
+            raise SourceError(f"cannot open source '{spec}': {exc}") from None
         super().__init__(f"dicom:{path.name}", frames, rate or 30.0, loop=loop, realtime=realtime)
-        self.frame_count = int(frames.shape[0])
+
+    def _next(self) -> np.ndarray | None:
+        try:
+            return super()._next()
+        except SourceError:
+            raise
+        except SonogateError as exc:  # a frame that does not decode (truncated cine)
+            raise SourceError(f"source '{self.name}': {exc}") from None
 
 
 class PhantomSource(ArraySource):
-    """The synthetic hip phantom rendered live (``sonogate.phantom.cine.sweep_frames``), looping forever."""
+    """The synthetic hip phantom rendered live (``sonogate.phantom.cine.sweep_frames``), looping forever.
+
+    ``sweep_frames`` yields ``(frame, label)``; the label of the frame last read is kept in ``last_label``
+    (ground truth: angles, true ROI, landmarks) for demos and end-to-end tests.
+    """
 
     def __init__(self, seed: int = 0, *, fps: float = 30.0, realtime: bool = True, chunk_seconds: float = 10.0):
         try:
             from sonogate.phantom.cine import sweep_frames
         except ImportError as exc:
             raise SourceError(f"cannot open source 'phantom:{seed}': the phantom is not available ({exc})") from None
+        self.last_label: dict[str, Any] | None = None
 
         def frames() -> Iterator[np.ndarray]:
-            return iter(sweep_frames(seed, chunk_seconds, fps, chrome=True))
+            for item in sweep_frames(seed, chunk_seconds, fps, chrome=True):
+                if isinstance(item, tuple):
+                    item, self.last_label = item[0], item[1]
+                yield item
 
         super().__init__(f"phantom:{seed}", frames, fps, loop=True, realtime=realtime)
 
@@ -353,7 +414,8 @@ def _fourcc_code(fourcc: str) -> int:
 
 def _open_camera(spec: str, index_or_path: int | str, width, height, fps, fourcc) -> CameraSource:
     api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
-    cap = cv2.VideoCapture(index_or_path, api)
+    with _QuietOpenCV():
+        cap = cv2.VideoCapture(index_or_path, api)
     if not cap.isOpened():
         cap.release()
         why = "no such device" if isinstance(index_or_path, str) and not os.path.exists(index_or_path) else (
@@ -373,6 +435,14 @@ def _open_camera(spec: str, index_or_path: int | str, width, height, fps, fourcc
     return CameraSource(spec, cap, nominal_fps=fps or 0.0)
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(spec: str) -> str:
+    """The source text without credentials (``rtsp://user:pass@host`` -> ``rtsp://***@host``) for logs and errors."""
+    return _CREDENTIALS.sub("***@", str(spec))
+
+
 def _open_stream(spec: str, open_timeout_s: float, read_timeout_s: float) -> StreamSource:
     # Timeouts only take effect when passed as open parameters (setting them after open is too late).
     params = [
@@ -384,17 +454,19 @@ def _open_stream(spec: str, open_timeout_s: float, read_timeout_s: float) -> Str
         if set_env:
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = DEFAULT_FFMPEG_CAPTURE_OPTIONS
         try:
-            cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
+            with _QuietOpenCV():
+                cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
         finally:
             if set_env:
                 os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
     if not cap.isOpened():
         cap.release()
         raise SourceError(
-            f"cannot open source '{spec}': no stream there within {open_timeout_s:g} s (sender down or wrong URL?)"
+            f"cannot open source '{redact(spec)}': no stream there within {open_timeout_s:g} s "
+            "(sender down or wrong URL?)"
         )
     cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-    return StreamSource(spec, cap)
+    return StreamSource(redact(spec), cap)
 
 
 def _open_file(spec: str, loop: bool, realtime: bool) -> VideoFileSource:
@@ -403,10 +475,11 @@ def _open_file(spec: str, loop: bool, realtime: bool) -> VideoFileSource:
         raise SourceError(f"cannot open source '{spec}': no such file")
     if not path.is_file():
         raise SourceError(f"cannot open source '{spec}': not a file")
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
-        cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
+    with _QuietOpenCV():
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"cannot open source '{spec}': not a video OpenCV can decode")
@@ -453,7 +526,7 @@ def open_source(
     if scheme == "file":
         spec = spec[len("file://"):]
     if scheme and scheme != "file":
-        raise SourceError(f"cannot open source '{spec}': unsupported scheme '{scheme}://' "
+        raise SourceError(f"cannot open source '{redact(spec)}': unsupported scheme '{scheme}://' "
                           f"(supported: {', '.join(s + '://' for s in STREAM_SCHEMES)})")
     if lower.endswith(".dcm"):
         return DicomCineSource(spec, loop=loop, realtime=realtime, fps=fps)

@@ -86,7 +86,7 @@ def _ov_device_list() -> tuple[str, ...]:
         return ()
     try:
         return tuple(_ov_core().available_devices)
-    except Exception:  # a broken plugin must not break device listing
+    except Exception:  # noqa: BLE001 - a broken plugin must not break device listing
         return ()
 
 
@@ -198,17 +198,37 @@ class OpenVINOBackend:
         self.name = f"openvino:{device}"
         if device == "AUTO":
             try:
-                self.name += "(" + ",".join(self.compiled.get_property("EXECUTION_DEVICES")) + ")"
-            except Exception:
-                pass
+                chosen = list(self.compiled.get_property("EXECUTION_DEVICES"))
+            except RuntimeError:  # a plugin without the property: the plain name will do
+                chosen = []
+            if chosen:
+                self.name += "(" + ",".join(chosen) + ")"
         port = self.compiled.inputs[0]
         self.input_name = port.get_any_name()
-        dims = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
-        self.input_shape = _static_shape(dims) if port.get_partial_shape().rank.is_static else None
+        pshape = port.get_partial_shape()
+        self._input_text = str(pshape)
+        if pshape.rank.is_static:
+            self._input_dims: list[int | None] | None = [d.get_length() if d.is_static else None for d in pshape]
+            self.input_shape = _static_shape([-1 if d is None else d for d in self._input_dims])
+        else:
+            self._input_dims, self.input_shape = None, None
         self.input_dtype = np.dtype(port.get_element_type().to_dtype())
         self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
 
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        # OpenVINO CPU with INFERENCE_NUM_THREADS set (2026.x) returns empty outputs for a mismatching input
+        # shape instead of raising: check here so a wrong tensor is an error, never silently "no result".
+        dims = self._input_dims
+        if dims is None:
+            return
+        if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+            raise RuntimeError(
+                f"{self.name}: inference failed: input shape {tuple(shape)} does not match "
+                f"the model input {self._input_text}"
+            )
+
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_shape(np.shape(batch))
         try:
             self.request.infer({0: batch})
             # Output tensors are reused by the next inference: hand out copies.
@@ -283,11 +303,13 @@ def create_backend(
                 note_prefix = "auto: using OpenVINO CPU"
             except SonogateError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any OpenVINO load failure: fall back to ONNX Runtime
                 if not ort_ok or path.suffix.lower() == ".xml":
                     raise SonogateError(f"cannot load {path.name} with OpenVINO CPU: {_one_line(exc)}") from None
                 backend = _load(path, "ort-cpu", threads, precision)
-                note_prefix = f"auto: OpenVINO CPU could not load the model ({_one_line(exc)[:120]}), using ONNX Runtime CPU"
+                note_prefix = (
+                    f"auto: OpenVINO CPU could not load the model ({_one_line(exc)[:120]}), using ONNX Runtime CPU"
+                )
         elif ort_ok:
             if path.suffix.lower() == ".xml":
                 raise SonogateError(f"{path.name} is OpenVINO IR but openvino is not installed (pip install openvino)")
@@ -308,7 +330,7 @@ def create_backend(
         raise SonogateError(f"model {path.name} failed its warm-up run on {backend.name}: {exc}") from None
     note = f"{note_prefix}, {threads} thread{'s' if threads != 1 else ''}"
     if ms is not None:
-        note += f", warm-up {ms:.1f} ms/inference"
+        note += f", warm-up {ms:.2f} ms/inference"
     return backend, note
 
 
@@ -317,5 +339,5 @@ def _load(path: Path, device: str, threads: int, precision: str | None) -> Any:
         return _build(path, device, threads, precision)
     except SonogateError:
         raise
-    except Exception as exc:  # corrupt model, unsupported operator, plugin failure
+    except Exception as exc:  # noqa: BLE001 - corrupt model, unsupported operator, plugin failure
         raise SonogateError(f"cannot load {path.name} on '{device}': {_one_line(exc)}") from None

@@ -7,9 +7,10 @@ newest frame, so what it shows is never older than one source period plus its ow
 
 Watchdog (``state``: ``"starting" | "live" | "lost" | "ended"`` with ``last_error``):
 
-* no new frame for ``stale_after_s`` -> ``lost`` (checked on every ``state`` / ``get`` call, so a read that
-  blocks inside OpenCV still shows up); a failed read closes the source and reopens it with back-off
-  (``reconnect_backoff_s``, the last value repeating); frames are published again once it recovers;
+* no new frame for ``stale_after_s`` (at least 2.5 source periods) -> ``lost`` (checked on every ``state`` /
+  ``get`` call, so a read that blocks inside OpenCV still shows up); a failed read closes the source and
+  reopens it with back-off (``reconnect_backoff_s``, the last value repeating); after a stall frames are
+  published again once they keep coming for ``recover_after_s`` (the first ones may be a decoder flush);
 * the same image (mean absolute difference of a strided ~64x64 sample within ``frozen_tolerance`` grey
   levels) for ``frozen_after_s`` -> ``lost`` ("feed frozen"): the source is closed and reopened with back-off,
   and no frozen frame is published until the picture changes;
@@ -26,12 +27,16 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sonogate.device.capture import CaptureSource
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 try:
     import cv2
@@ -59,7 +64,7 @@ class _FrozenDetector:
         self._ref: np.ndarray | None = None
         self._cur: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
-        self._stride = 1
+        self._size = (1, 1)
         self.since: float | None = None  # when the current reference picture first appeared
 
     def reset(self) -> None:
@@ -72,11 +77,12 @@ class _FrozenDetector:
             return 0.0
         if image.shape != self._shape:
             self._shape = image.shape
-            self._stride = max(1, min(image.shape[0], image.shape[1]) // self.side)
-            sample_shape = image[:: self._stride, :: self._stride].shape
-            self._cur = np.empty(sample_shape, np.uint8)
+            stride = max(1, min(image.shape[0], image.shape[1]) // self.side)
+            self._size = (max(1, image.shape[1] // stride), max(1, image.shape[0] // stride))  # (w, h)
+            self._cur = np.empty((self._size[1], self._size[0], *image.shape[2:]), np.uint8)
             self._ref = None
-        np.copyto(self._cur, image[:: self._stride, :: self._stride])
+        # nearest-neighbour resize into a preallocated buffer = a strided sample, without numpy's slow gather
+        self._cur = cv2.resize(image, self._size, dst=self._cur, interpolation=cv2.INTER_NEAREST)
         if self._ref is None:
             self._ref = np.empty_like(self._cur)
         else:
@@ -147,10 +153,12 @@ class LatestFrameGrabber:
         self._read_takes_out = False
 
     # ------------------------------------------------------------------ public API
-    def start(self) -> "LatestFrameGrabber":
+    def start(self) -> LatestFrameGrabber:
         if self._thread is not None:
             return self
         self._stop.clear()
+        with self._cond:
+            self._state, self._last_error = "starting", ""
         if self.fail_fast:
             self._adopt(self._factory())  # SourceError propagates to the caller
         self._thread = threading.Thread(target=self._run, name=f"sonogate-{self.name}", daemon=True)
@@ -168,12 +176,15 @@ class LatestFrameGrabber:
         if thread is None or not thread.is_alive():
             self._close_source()
         with self._cond:
+            self._latest = None  # nothing is served after stop()
+            self._held = None
+            self._free.clear()
             if self._state != "ended":
                 self._state = "ended"
                 self._last_error = self._last_error or "stopped"
             self._cond.notify_all()
 
-    def __enter__(self) -> "LatestFrameGrabber":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -208,7 +219,7 @@ class LatestFrameGrabber:
                     return None
                 if deadline is not None and now >= deadline:
                     return None
-                wait = self.stale_after_s if deadline is None else min(deadline - now, self.stale_after_s)
+                wait = self._stale_s if deadline is None else min(deadline - now, self._stale_s)
                 self._cond.wait(max(wait, 0.0))
             index, image, t_capture = self._latest
             self._latest = None
@@ -235,16 +246,23 @@ class LatestFrameGrabber:
         }
 
     # ------------------------------------------------------------------ capture thread
+    @property
+    def _stale_s(self) -> float:
+        # a slow source (a 2 fps cine) is not "stale" between two of its frames
+        return max(self.stale_after_s, 2.5 / self.source_fps) if self.source_fps > 0 else self.stale_after_s
+
     def _check_stale(self, now: float) -> None:
         """Called with the lock held: a live feed without a new frame for stale_after_s is lost."""
         if self._state == "live" and self._last_publish_t is not None:
             gap = now - self._last_publish_t
-            if gap > self.stale_after_s:
+            if gap > self._stale_s:
                 self._state = "lost"
                 self._last_error = f"no new frame for {gap:.1f} s from {self.source_name}"
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         with self._cond:
+            if self._stop.is_set():
+                return  # stop() has the last word
             self._state = state
             if error is not None:
                 self._last_error = error
@@ -264,7 +282,7 @@ class LatestFrameGrabber:
         if source is not None:
             try:
                 source.close()
-            except Exception:  # closing a broken source must not kill the thread
+            except Exception:  # noqa: BLE001, S110 - closing a broken source must not kill the thread
                 pass
 
     def _backoff(self, attempt: int) -> float:
@@ -279,6 +297,8 @@ class LatestFrameGrabber:
     def _publish(self, image: np.ndarray, t_capture: float) -> np.ndarray | None:
         """Make ``image`` the latest frame; return a buffer for the next read (the overwritten one if any)."""
         with self._cond:
+            if self._stop.is_set():
+                return None  # a read that finished after stop(): nothing is served any more
             back = None
             if self._latest is not None:
                 self.dropped_total += 1
@@ -306,7 +326,7 @@ class LatestFrameGrabber:
                     attempt += 1
                     try:
                         self._adopt(self._factory())
-                    except Exception as exc:  # SourceError, or anything OpenCV throws while opening
+                    except Exception as exc:  # noqa: BLE001 - SourceError, or anything OpenCV throws while opening
                         self._set_state("lost", str(exc) or type(exc).__name__)
                         continue
                     self.reconnects += 1
@@ -320,7 +340,7 @@ class LatestFrameGrabber:
                         ok, image = source.read(out=back)  # type: ignore[call-arg]
                     else:
                         ok, image = source.read()
-                except Exception as exc:  # bad frame format (SourceError) or a decoder error
+                except Exception as exc:  # noqa: BLE001 - bad frame format (SourceError) or a decoder error
                     ok, image, error = False, None, str(exc) or type(exc).__name__
                 now = time.perf_counter()
                 self._read_s += now - t0
@@ -335,7 +355,7 @@ class LatestFrameGrabber:
                 if back is not None and image is not back:
                     back = None  # the source allocated (shape changed): drop the old buffer
                 gap, last_ok_t = now - last_ok_t, now
-                if gap > self.stale_after_s and self.frames_read > 1:
+                if gap > self._stale_s and self.frames_read > 1:
                     # Frames after a stall may be the decoder flushing old data: only trust the feed again
                     # once frames keep coming for recover_after_s.
                     recovering_since = now

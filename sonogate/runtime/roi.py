@@ -4,7 +4,8 @@ A capture card sees the whole scanner screen: the B-mode image plus text (patien
 rulers with tick marks, logos, icons and black borders. ``detect_roi(frame)`` returns the bounding box
 ``(x, y, w, h)`` of the image area, or None:
 
-1. work on a copy scaled to at most 320 px (cheap); colourful pixels (logos, coloured icons) are removed;
+1. work on a copy scaled to at most 320 px (cheap); colourful pixels (logos, coloured icons) are removed
+   (unless that leaves nothing: a tinted grey map, sepia or blue, is accepted then);
 2. keep pixels that are both non-black and textured (local standard deviation): speckle is, flat UI panels
    are not; a box filter then keeps only places where most neighbours qualify, which removes thin text
    strokes, ruler lines and tick marks;
@@ -45,21 +46,30 @@ def _chroma(bgr: np.ndarray) -> np.ndarray:
     return cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
 
 
-def _grey_content(bgr: np.ndarray) -> np.ndarray:
-    """uint8 0/1: non-black pixels that are grey (B-mode), not UI colour."""
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    return ((gray > _BLACK) & (_chroma(bgr) < _CHROMA)).astype(np.uint8)
+def _grey_content(bgr: np.ndarray, grey_only: bool = True) -> np.ndarray:
+    """uint8 0/1: non-black pixels that are grey (B-mode), not UI colour (any colour when not ``grey_only``)."""
+    on = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) > _BLACK
+    if grey_only:
+        on &= _chroma(bgr) < _CHROMA
+    return on.astype(np.uint8)
 
 
-def _candidate_mask(small_bgr: np.ndarray) -> np.ndarray:
-    """Pixels likely inside the ultrasound image (uint8 0/1) at the working resolution."""
-    chroma = _chroma(small_bgr)
+def _candidate_mask(small_bgr: np.ndarray, grey_only: bool | None = None) -> tuple[np.ndarray, bool]:
+    """Pixels likely inside the ultrasound image (uint8 0/1) at the working resolution, and whether colourful
+    pixels were excluded (``grey_only=None``: yes, unless most textured pixels are colourful, i.e. the
+    scanner uses a tinted grey map)."""
     gray = cv2.cvtColor(small_bgr, cv2.COLOR_BGR2GRAY)
     gray_f = gray.astype(np.float32)
     mean = cv2.blur(gray_f, (5, 5))
     var = cv2.blur(gray_f * gray_f, (5, 5)) - mean * mean
     textured = var > _TEXTURE_STD * _TEXTURE_STD
-    pixel = (gray > _BLACK) & (chroma < _CHROMA) & textured
+    pixel = (gray > _BLACK) & textured
+    grey = _chroma(small_bgr) < _CHROMA
+    if grey_only is None:
+        total = int(np.count_nonzero(pixel))
+        grey_only = total == 0 or np.count_nonzero(pixel & grey) >= 0.5 * total
+    if grey_only:
+        pixel &= grey
     # keep places where most of a 7x7 neighbourhood qualifies: text strokes and ruler ticks are sparse there
     dense = _box_mean(pixel.astype(np.float32), 7) > 0.5
     mask = cv2.morphologyEx(dense.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
@@ -74,7 +84,8 @@ def _candidate_mask(small_bgr: np.ndarray) -> np.ndarray:
             keep[label] = 1
     mask = keep[labels]
     # fill dark (anechoic) holes and reconnect image parts split by a dark band
-    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
+    closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
+    return closed, grey_only
 
 
 def _runs(hits: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
@@ -108,7 +119,7 @@ def _hit_level(counts_inside: np.ndarray) -> float:
     return max(3.0, 0.1 * typical)
 
 
-def _refine(frame: np.ndarray, box: Roi, margin: int) -> Roi:
+def _refine(frame: np.ndarray, box: Roi, margin: int, grey_only: bool = True) -> Roi:
     """Snap the coarse box to full resolution.
 
     Around the coarse box (grown by ``margin``), rows and columns with enough grey content form runs; a ruler,
@@ -120,7 +131,7 @@ def _refine(frame: np.ndarray, box: Roi, margin: int) -> Roi:
     x, y, w, h = box
     x0, y0 = max(0, x - margin), max(0, y - margin)
     x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
-    on = _grey_content(frame[y0:y1, x0:x1])
+    on = _grey_content(frame[y0:y1, x0:x1], grey_only)
     left, right = x - x0, x - x0 + w  # patch coordinates
     top, bottom = y - y0, y - y0 + h
     for _ in range(2):
@@ -135,6 +146,22 @@ def _refine(frame: np.ndarray, box: Roi, margin: int) -> Roi:
             return box
         top, bottom = run
     return (x0 + left, y0 + top, right - left, bottom - top)
+
+
+def _largest_region(mask: np.ndarray) -> Roi | None:
+    """Bounding box of the largest connected region that is neither thin nor a hollow outline."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sh, sw = mask.shape
+    best, best_area = None, 0
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if w < _MIN_SIDE_FRACTION * sw or h < _MIN_SIDE_FRACTION * sh:
+            continue  # text line, ruler, icon
+        if area < 0.25 * w * h:
+            continue  # a frame-like outline, not an image
+        if area > best_area:
+            best, best_area = (x, y, w, h), area
+    return best
 
 
 def detect_roi(frame_bgr: np.ndarray) -> Roi | None:
@@ -155,24 +182,17 @@ def detect_roi(frame_bgr: np.ndarray) -> Roi | None:
                            interpolation=cv2.INTER_AREA)
     else:
         small = frame
-    mask = _candidate_mask(small)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    sh, sw = mask.shape
-    best, best_area = None, 0
-    for label in range(1, count):
-        x, y, w, h, area = (int(v) for v in stats[label])
-        if w < _MIN_SIDE_FRACTION * sw or h < _MIN_SIDE_FRACTION * sh:
-            continue  # text line, ruler, icon
-        if area < 0.25 * w * h:
-            continue  # a frame-like outline, not an image
-        if area > best_area:
-            best, best_area = (x, y, w, h), area
+    mask, grey_only = _candidate_mask(small)
+    best = _largest_region(mask)
+    if best is None and grey_only:  # nothing grey: a tinted map after all? try without the colour rule
+        mask, grey_only = _candidate_mask(small, grey_only=False)
+        best = _largest_region(mask)
     if best is None:
         return None
     inv = 1.0 / scale
     x, y, w, h = best
-    coarse = (int(round(x * inv)), int(round(y * inv)), int(round(w * inv)), int(round(h * inv)))
-    refined = _refine(frame, coarse, margin=int(np.ceil(3 * inv)) + 1)
+    coarse = (round(x * inv), round(y * inv), round(w * inv), round(h * inv))
+    refined = _refine(frame, coarse, margin=int(np.ceil(3 * inv)) + 1, grey_only=grey_only)
     if refined[2] < _MIN_SIDE_FRACTION * width or refined[3] < _MIN_SIDE_FRACTION * height:
         return coarse
     return refined
