@@ -31,9 +31,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -312,6 +313,11 @@ class Analyzer:
         if event is None or last_frame is None:
             raise DataError(f"{image.name}: no frames")
         counts["accepted_in_final_window"] = int(event.get("accepted_frames") or 0)
+        candidate = event.get("candidate")
+        if candidate and candidate != event["recommendation"]:
+            # the displayed state changes only after confirming frames; say why the cine ended where it did
+            event = dict(event, reason=f"{candidate} not confirmed by the end of the cine "
+                                       f"({event.get('reason') or 'no reason given'})")
         calibration = session.calibration
         record.update({
             "status": "ok",
@@ -319,6 +325,7 @@ class Analyzer:
             "roi": {"box": event.get("roi"), "source": "ultrasound_region" if roi is not None else "detected"},
             "result": {
                 "recommendation": event["recommendation"],
+                "candidate": candidate,
                 "reason": event.get("reason"),
                 "graf_type": event.get("graf_type"),
                 "measurements": event.get("measurements"),
@@ -386,7 +393,7 @@ class Analyzer:
 
         summary = AnalyzeSummary(csv_path=self.out / "analysis.csv")
         try:
-            handle = open(summary.csv_path, "w", newline="")
+            handle = open(summary.csv_path, "w", newline="")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise SonogateError(f"cannot write {summary.csv_path}: {exc.strerror or exc}") from None
         with handle:
@@ -439,8 +446,8 @@ def _measurement_columns() -> list[str]:
     return columns
 
 
-CSV_COLUMNS = (["input", "kind", "status", "error", "frames", "usable_frames", "recommendation", "reason",
-                "graf_type"] + _measurement_columns()
+CSV_COLUMNS = (["input", "kind", "status", "error", "frames", "usable_frames", "recommendation", "candidate",
+                "reason", "graf_type"] + _measurement_columns()
                + ["mm_per_pixel_x", "mm_per_pixel_y", "warnings", "json", "sr", "sc", "seconds"])
 
 
@@ -454,6 +461,7 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
         "input": record.get("input"), "kind": record.get("kind") or "", "status": record.get("status"),
         "error": record.get("error") or "", "frames": frames.get("total", dicom.get("frames", "")),
         "usable_frames": frames.get("usable", ""), "recommendation": result.get("recommendation") or "",
+        "candidate": result.get("candidate") or "",
         "reason": result.get("reason") or "", "graf_type": result.get("graf_type") or "",
         "mm_per_pixel_x": _fmt(spacing[0]), "mm_per_pixel_y": _fmt(spacing[1]),
         "warnings": " | ".join(record.get("warnings") or []), "json": outputs.get("json", ""),

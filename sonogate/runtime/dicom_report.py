@@ -40,9 +40,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class AlgorithmInfo:
     rule: str | None = None
 
     @classmethod
-    def from_session(cls, session) -> "AlgorithmInfo":
+    def from_session(cls, session) -> AlgorithmInfo:
         calibration = getattr(session, "calibration", None)
         return cls(
             bundle_sha256=session.bundle.bundle_hash,
@@ -146,7 +147,7 @@ class ReportGroup:
 
     @classmethod
     def from_event(cls, event: dict, label: str = "sweep", laterality: str | None = None,
-                   delta: float | None = None) -> "ReportGroup":
+                   delta: float | None = None) -> ReportGroup:
         return cls(label=label, measurements=dict(event.get("measurements") or {}),
                    recommendation=event.get("recommendation"), reason=event.get("reason"),
                    graf_type=event.get("graf_type"), laterality=laterality, delta=delta)
@@ -217,7 +218,7 @@ def reference_dataset(image) -> Any:
         if keyword in header:
             try:
                 ref.add(header[keyword])
-            except Exception:  # noqa: BLE001 - a malformed optional element is dropped, not fatal
+            except Exception:  # noqa: BLE001, S112 - a malformed optional element is dropped, not fatal
                 continue
     for keyword in _PATIENT_STUDY_DEFAULTS:
         if keyword not in ref:
@@ -479,7 +480,7 @@ def read_sr(path_or_dataset) -> dict[str, Any]:
                                  "algorithm": {"name": None, "version": None, "parameters": {}},
                                  "measurements": {}}
         for child in item.ContentSequence:
-            scheme, code, meaning = _concept(child)
+            scheme, code, _meaning = _concept(child)
             kind = child.ValueType
             if kind == "TEXT" and (scheme, code) == ("DCM", "112039"):
                 group["tracking_id"] = str(child.TextValue)
