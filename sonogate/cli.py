@@ -44,11 +44,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument("--precision", default="auto", choices=["auto", "int8", "float", "openvino"],
                            help="which model of the bundle (auto: INT8 when present)")
     inference.add_argument("--calibration", help="calibration.json (default: the bundle's)")
+    inference.add_argument("--public-key", default=os.environ.get("SONOGATE_PUBLIC_KEY"),
+                           help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig does not verify")
     output = parser.add_argument_group("output")
     output.add_argument("--headless", action="store_true", help="no window (embedded use)")
     output.add_argument("--events", help="write one JSON object per frame to this .jsonl file")
     output.add_argument("--record", help="write the annotated stream to this video file (.mp4)")
     output.add_argument("--snapshot", help="write one annotated frame (the first definitive decision) as PNG")
+    output.add_argument("--audit", help="append-only, hash-chained audit log (.jsonl) of recommendation changes")
 
 
 def _session_and_pipeline(args):
@@ -58,7 +61,8 @@ def _session_and_pipeline(args):
 
     roi = parse_roi(args.roi) if args.roi else None
     session = open_session(args.bundle, device=args.device, threads=args.threads, precision=args.precision,
-                           roi=roi, calibration=args.calibration)
+                           roi=roi, calibration=args.calibration,
+                           public_key=getattr(args, "public_key", None), audit=getattr(args, "audit", None))
     options = PipelineOptions(source=args.source, loop=args.loop, realtime=args.realtime, headless=args.headless,
                               events_path=args.events, record_path=args.record, snapshot_path=args.snapshot,
                               max_frames=args.max_frames, max_seconds=args.max_seconds)
@@ -84,8 +88,15 @@ def cmd_run(args) -> int:
     note = getattr(session.engine, "device_note", "")
     if note:
         print(f"note: {note}", file=sys.stderr)
-    summary = pipeline.run()
+    try:
+        summary = pipeline.run()
+    finally:
+        audit = session.audit
+        head = audit.head_sha256 if audit is not None else None
+        session.close()
     _print_summary(session, summary)
+    if head:
+        print(f"audit log: {args.audit} (head {head}; check with 'sonogate audit verify {args.audit} --head {head}')")
     return 0
 
 
@@ -101,9 +112,13 @@ def cmd_demo(args) -> int:
     run_args = argparse.Namespace(
         source=str(cine), loop=False, realtime=True, roi=None, max_frames=None, max_seconds=None,
         bundle=args.bundle, device=args.device, threads=1, precision="auto", calibration=None, headless=True,
+        public_key=None, audit=str(out / "audit.jsonl"),
         events=str(out / "events.jsonl"), record=str(out / "annotated.mp4"), snapshot=str(out / "annotated_frame.png"))
     session, pipeline = _session_and_pipeline(run_args)
-    summary = pipeline.run()
+    try:
+        summary = pipeline.run()
+    finally:
+        session.close()
     _print_summary(session, summary)
     print(f"wrote {out / 'events.jsonl'}, {out / 'annotated.mp4'}, {out / 'annotated_frame.png'}")
     return 0

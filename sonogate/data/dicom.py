@@ -186,9 +186,11 @@ def sop_class_name(uid: str) -> str:
         from pydicom.uid import UID
 
         name = UID(uid).name
-        return name if name and name != uid else (uid or "unknown")
+        # only a registered name: an unknown value is shown as such, never quoted (a corrupt element can
+        # run on into the patient module)
+        return name if name and name != uid else "unrecognised SOP class"
     except Exception:  # noqa: BLE001
-        return uid or "unknown"
+        return "unrecognised SOP class"
 
 
 def _syntax_name(uid: str) -> str:
@@ -244,7 +246,8 @@ def read_dicom(path: str | os.PathLike, *, load_frames: bool = True, max_frames:
     path = Path(path)
     ds, image = _open(path)
     if load_frames:
-        image.frames = _decode_all(ds, image, max_frames=max_frames)
+        with quiet_dicom_libraries():
+            image.frames = _decode_all(ds, image, max_frames=max_frames)
     return image
 
 
@@ -297,7 +300,7 @@ def _dcmread(path: Path, name: str):
                 raise _fail(name, "not a DICOM file") from None
             notes.append("no DICOM preamble/file meta: read as a bare data set")
         except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
-            raise _fail(name, f"corrupt or truncated file ({type(exc).__name__}: {_one_line(exc, 80)})") from None
+            raise _fail(name, f"corrupt or truncated file ({type(exc).__name__})") from None
         except Exception as exc:  # noqa: BLE001 - any parser failure is a data problem for the user
             raise _fail(name, f"corrupt file ({type(exc).__name__})") from None
     messages = " ".join(str(w.message).lower() for w in caught)
@@ -310,6 +313,11 @@ def _dcmread(path: Path, name: str):
 
 
 def _open(path: Path):
+    with quiet_dicom_libraries():  # pydicom warns with element values (names) when it validates lazily
+        return _open_quietly(path)
+
+
+def _open_quietly(path: Path):
     """(dataset, DicomImage without frames) after checking that pixel data is present and decodable in kind."""
     name = path.name
     if not path.is_file():
@@ -321,7 +329,7 @@ def _open(path: Path):
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed element value in the header
-        raise _fail(name, f"malformed header ({type(exc).__name__}: {_one_line(exc, 80)})") from None
+        raise _fail(name, f"malformed header ({type(exc).__name__})") from None
     image.path = path
     return ds, image
 
@@ -713,7 +721,7 @@ def _iter_decoded(ds, image: DicomImage, max_frames: int | None = None) -> Itera
             except MemoryError:
                 raise _fail(name, "not enough memory to decode the pixel data") from None
             except Exception as exc:  # noqa: BLE001 - decoder errors are data errors for the user
-                raise _fail(name, f"pixel data cannot be decoded ({type(exc).__name__}: {_one_line(exc, 100)})") \
+                raise _fail(name, f"pixel data cannot be decoded ({type(exc).__name__})") \
                     from None
         yield bgr
 

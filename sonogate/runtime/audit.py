@@ -20,8 +20,10 @@ leaves invalid JSON. Cutting whole lines off the end is only detectable against 
 defeats a plain chain too; the anchor catches that as well.
 
 What is kept out on purpose: patient identifiers. Lines are built from a fixed list of event keys (never the
-whole event), and free text (reasons, faults) has quoted strings, paths and URLs replaced by ``<redacted>``,
-because a source path or an exception message can carry a patient name.
+whole event); a fault is kept as its kind only ("source lost", "model error: RuntimeError"), never its detail
+(an exception message can quote file contents: a corrupt DICOM's error can carry the patient name); other free
+text has non-printable characters, quoted strings, paths and URLs replaced; identifiers the caller knows can be
+given in ``redact``.
 
 This module never imports torch, ONNX Runtime or OpenCV.
 """
@@ -36,10 +38,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sonogate.errors import SonogateError
 
@@ -79,12 +82,25 @@ def scrub_text(text: Any, limit: int = 300) -> str | None:
     patient: a source path, a DICOM file name, an exception quoting a value). Also bounded in length."""
     if text is None:
         return None
-    text = str(text)
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text))  # raw bytes, newlines, escapes
     text = _QUOTED.sub("<redacted>", text)
     text = _URL.sub("<redacted>", text)
     text = _PATH.sub("<redacted>", text)
     text = " ".join(text.split())  # one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fault_kind(text: Any) -> str | None:
+    """What the audit keeps of a fault: its kind ("source lost", "unreadable frame", "model output not finite",
+    "model error: RuntimeError"), never the detail after it, which can quote file contents or paths (a corrupt
+    DICOM's error message can carry the patient name)."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in str(text).split(":")]
+    kind = parts[0]
+    if kind == "model error" and len(parts) > 1 and parts[1].isidentifier():
+        kind = f"{kind}: {parts[1]}"
+    return scrub_text(kind, limit=80)
 
 
 def _json_number(value: Any) -> float | int | None:
@@ -175,7 +191,7 @@ class AuditLog:
             self._seq, self.head_sha256 = check.last_seq, check.head_sha256
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="ascii", newline="\n")
+            self._handle = open(self.path, "a", encoding="ascii", newline="\n")  # noqa: SIM115 - kept open
         except OSError as exc:
             raise SonogateError(f"cannot write audit log {self.path}: {exc.strerror or exc}") from None
         from sonogate import __version__
@@ -185,7 +201,7 @@ class AuditLog:
                       "software_version": software_version or __version__})
 
     @classmethod
-    def for_session(cls, path: str | os.PathLike, session: Any, **kwargs) -> "AuditLog":
+    def for_session(cls, path: str | os.PathLike, session: Any, **kwargs) -> AuditLog:
         """An audit log carrying a ``Session``'s bundle / calibration hashes, rule, thresholds and device."""
         calibration = getattr(session, "calibration", None)
         return cls(path, bundle_sha256=session.bundle.bundle_hash,
@@ -248,8 +264,11 @@ class AuditLog:
         for key in _EVENT_KEYS:
             fields[key] = _clean_scalar(event.get(key))
         fields["recommendation"] = recommendation
-        fields["reason"] = self._text(event.get("reason"))
-        fields["fault"] = self._text(fault) if fault else None
+        if fault:  # the displayed reason of a fault is the fault text: keep its kind only
+            fields["reason"] = fields["fault"] = self._text(fault_kind(fault))
+        else:
+            fields["reason"] = self._text(event.get("reason"))
+            fields["fault"] = None
         fields["measurements"] = _clean_measurements(event.get("measurements"))
         line = self._append(fields)
         if line is not None:
@@ -274,7 +293,7 @@ class AuditLog:
                 self.error = self.error or f"audit log close failed: {exc.strerror or exc}"
         return line
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:

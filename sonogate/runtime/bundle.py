@@ -28,6 +28,7 @@ from sonogate.errors import BundleError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"
+SIGNATURE = "manifest.sig"  # optional Ed25519 signature over manifest.json (sonogate.runtime.signing)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -120,7 +121,7 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> str:
         if not path.is_file():
             continue
         rel = path.relative_to(folder).as_posix()
-        if rel in (MANIFEST, CALIBRATION):
+        if rel in (MANIFEST, CALIBRATION, SIGNATURE):
             continue
         files[rel] = sha256_file(path)
     manifest = dict(manifest)

@@ -35,6 +35,17 @@ class FrameResult:
         return not (self.ood_distance <= self.ood_threshold)  # NaN counts as out of distribution
 
 
+def _sigmoid(logit: float) -> float:
+    """Numerically stable logistic. A non-finite logit means a broken model: NaN, which the caller treats as a
+    fault (an infinitely confident "standard plane" must not pass the quality gate)."""
+    if not math.isfinite(logit):
+        return math.nan
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)
+
+
 class OodModel:
     """Mahalanobis distance of encoder features to the training features (mean, precision, threshold)."""
 
@@ -94,9 +105,15 @@ class InferenceEngine:
 
     def infer(self, tensor: np.ndarray) -> FrameResult:
         outputs = self.backend.infer(tensor)
-        measurements = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)[: self.n_measurements]
-        logit = float(np.asarray(outputs["plane_logit"]).reshape(-1)[0])
-        plane_probability = 1.0 / (1.0 + math.exp(-logit)) if math.isfinite(logit) else math.nan
+        measurements = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)
+        if measurements.size != self.n_measurements:
+            # never spread a short output over the named measurements: that could reassure on garbage
+            raise RuntimeError(f"model returned {measurements.size} measurements, the bundle names "
+                               f"{self.n_measurements}")
+        logit_values = np.asarray(outputs["plane_logit"]).reshape(-1)
+        if logit_values.size != 1:
+            raise RuntimeError(f"model returned {logit_values.size} plane logits, expected 1")
+        plane_probability = _sigmoid(float(logit_values[0]))
         distance = None
         if self.ood is not None and "features" in outputs:
             distance = self.ood.distance(np.asarray(outputs["features"]))

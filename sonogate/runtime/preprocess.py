@@ -24,6 +24,8 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
         raise FrameError(f"frame is not an array ({type(frame).__name__})")
     if frame.dtype != np.uint8:
         raise FrameError(f"frame dtype must be uint8, got {frame.dtype}")
+    if frame.ndim not in (2, 3) or frame.shape[0] < 16 or frame.shape[1] < 16:
+        raise FrameError(f"frame shape {frame.shape} is not an image of at least 16x16 pixels")
     if frame.ndim == 2:
         gray = frame
     elif frame.ndim == 3 and frame.shape[2] == 1:

@@ -21,11 +21,12 @@ import numpy as np
 
 from sonogate.calibration.calfile import CalibrationFile, load_calibration
 from sonogate.errors import CalibrationError, SonogateError
-from sonogate.runtime.bundle import Bundle, load_bundle
+from sonogate.runtime.bundle import Bundle
 from sonogate.runtime.engine import InferenceEngine
 from sonogate.runtime.preprocess import FrameError, Preprocessor
 from sonogate.runtime.recommend import Decision, Recommendation, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
+from sonogate.runtime.signing import load_verified_bundle
 
 
 class Session:
@@ -39,9 +40,11 @@ class Session:
     def __init__(self, bundle: str | Path | Bundle, *, device: str = "auto", threads: int = 1,
                  precision: str = "auto", roi: tuple[int, int, int, int] | None = None,
                  calibration: str | Path | None = None, detect_roi: bool = True,
-                 config: RecommenderConfig | None = None):
+                 config: RecommenderConfig | None = None, public_key: str | Path | None = None,
+                 audit: str | Path | None = None):
         self.t_start = time.perf_counter()
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        # every file's sha256, plus the vendor's Ed25519 signature on the manifest when a key is given
+        self.bundle = load_verified_bundle(bundle, public_key)
         self.calibration_note = ""
         self.calibration, self.calibration_sha256 = self._load_calibration(calibration)
         self.engine = InferenceEngine(self.bundle, device=device, threads=threads, precision=precision)
@@ -51,6 +54,11 @@ class Session:
         self.frame_index = 0
         self.last_roi: tuple[int, int, int, int] | None = roi
         self._stage_ms = {"roi": 0.0, "preprocess": 0.0, "infer": 0.0, "decide": 0.0}
+        self.audit = None
+        if audit is not None:
+            from sonogate.runtime.audit import AuditLog
+
+            self.audit = AuditLog.for_session(audit, self)
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def _load_calibration(self, path) -> tuple[CalibrationFile | None, str | None]:
@@ -84,6 +92,8 @@ class Session:
         else:
             try:
                 t0 = time.perf_counter()
+                if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
+                    raise FrameError(f"frame is not a 2-D or 3-D image array ({type(frame).__name__})")
                 if self.roi_tracker is not None:
                     self.last_roi = self.roi_tracker.update(frame)
                 t1 = time.perf_counter()
@@ -105,11 +115,17 @@ class Session:
         if fault_reason is not None:
             decision = self.recommender.fault(fault_reason)
         event = self._event(decision, result, t_capture, fault_reason, dropped_frames)
+        if self.audit is not None:
+            self.audit.record(event)
         self.frame_index += 1
         return event
 
-    def reset(self, next_hip: bool = False) -> None:
+    def reset(self, next_hip: bool = False, roi: tuple[int, int, int, int] | None = None) -> None:
+        """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region."""
         self.recommender.reset(next_hip=next_hip)
+        if roi is not None:
+            self.roi_tracker = RoiTracker(manual=roi)
+            self.last_roi = roi
 
     def _event(self, decision: Decision, result, t_capture: float, fault: str | None, dropped: int) -> dict:
         now = time.perf_counter()
@@ -120,7 +136,7 @@ class Session:
         return {
             "frame": self.frame_index,
             "t_s": round(now - self.t_start, 4),
-            "latency_ms": round((now - t_capture) * 1e3, 3),
+            "latency_ms": round((now - t_capture) * 1e3, 3) if math.isfinite(t_capture) else None,
             "stages_ms": {k: round(v, 3) for k, v in self._stage_ms.items()},
             "recommendation": decision.recommendation.value,
             "candidate": decision.candidate.value,
@@ -146,7 +162,9 @@ class Session:
 
     # -- context manager ------------------------------------------------------------------------------------
     def close(self) -> None:
-        pass
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
 
     def __enter__(self) -> "Session":
         return self
