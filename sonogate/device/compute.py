@@ -173,6 +173,20 @@ class OrtBackend:
         return dict(zip(self.output_names, values))
 
 
+_CONTRACT_OUTPUTS = ("measurements", "plane_logit", "features", "ihdi_logits")
+
+
+def _output_name(port) -> str:
+    """The graph-output name of an OpenVINO port: a bundle-contract name if the tensor carries one, else the
+    shortest name that is not an internal '/op_output' name."""
+    names = set(port.get_names())
+    for name in _CONTRACT_OUTPUTS:
+        if name in names:
+            return name
+    plain = sorted((n for n in names if "/" not in n), key=len)
+    return plain[0] if plain else port.get_any_name()
+
+
 class OpenVINOBackend:
     """OpenVINO compiled model (reads ONNX or IR .xml) with one reusable infer request."""
 
@@ -213,7 +227,9 @@ class OpenVINOBackend:
         else:
             self._input_dims, self.input_shape = None, None
         self.input_dtype = np.dtype(port.get_element_type().to_dtype())
-        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+        # names from the model as read, not as compiled: compilation folds no-op ops and can leave an output
+        # known only by an internal tensor name ('/Mul_output_0'), which would break outputs["measurements"]
+        self.output_names = tuple(_output_name(o) for o in model.outputs)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         # OpenVINO CPU with INFERENCE_NUM_THREADS set (2026.x) returns empty outputs for a mismatching input
