@@ -1,0 +1,60 @@
+"""Synthetic infant-hip phantom with exact ground truth (numpy + OpenCV only, no torch, no scipy).
+
+Modules:
+    devices   scanner presets (A, B, C train; D held out; X_extreme_gain out of distribution)
+    hip_us    Graf standard-plane ultrasound frames with alpha / beta / coverage and landmarks
+    acoustics speckle, PSF, attenuation / TGC, shadows, log compression
+    chrome    scanner screen around the image (what a capture card sees) and its ROI
+    cine      probe sweeps, hip after hip, with per-frame labels; mp4 + CSV writer
+    xray      pelvic AP radiographs with AI, CE and IHDI grade per hip
+    writer    labelled-folder datasets (images/ + labels.csv) read by ``sonogate.data.folder``
+    realism   image statistics and contact sheet against the real images in ../shared
+    cli       ``sonogate phantom us | cine | xr``
+
+Names are imported lazily so that ``import sonogate.phantom`` (and the CLI that registers it) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ScannerDevice": "devices", "DEVICES": "devices", "TRAIN_DEVICES": "devices", "HELDOUT_DEVICE": "devices",
+    "OOD_DEVICE": "devices", "get_device": "devices",
+    "HipParams": "hip_us", "UsFrame": "hip_us", "sample_hip_params": "hip_us", "render_us_frame": "hip_us",
+    "measure_from_landmarks": "hip_us", "DEFECTS": "hip_us", "LANDMARK_NAMES": "hip_us",
+    "add_scanner_chrome": "chrome", "sweep_frames": "cine", "write_cine": "cine",
+    "XrFrame": "xray", "sample_xr_params": "xray", "render_xr_frame": "xray", "measure_xr_from_landmarks": "xray",
+    "write_us_dataset": "writer", "write_xr_dataset": "writer",
+}
+__all__ = [
+    "DEFECTS",
+    "DEVICES",
+    "HELDOUT_DEVICE",
+    "LANDMARK_NAMES",
+    "OOD_DEVICE",
+    "TRAIN_DEVICES",
+    "HipParams",
+    "ScannerDevice",
+    "UsFrame",
+    "XrFrame",
+    "add_scanner_chrome",
+    "get_device",
+    "measure_from_landmarks",
+    "measure_xr_from_landmarks",
+    "render_us_frame",
+    "render_xr_frame",
+    "sample_hip_params",
+    "sample_xr_params",
+    "sweep_frames",
+    "write_cine",
+    "write_us_dataset",
+    "write_xr_dataset",
+]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sonogate.phantom' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sonogate.phantom.{module}"), name)

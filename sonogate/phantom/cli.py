@@ -1,0 +1,111 @@
+"""``sonogate phantom ...``: write synthetic datasets and cines.
+
+    sonogate phantom us   --n N --seed S --out DIR [--devices A,B,C] [--frames-per-sweep K] [--chrome]
+    sonogate phantom cine --seconds T --fps F --seed S --out FILE.mp4 [--no-chrome] [--device A]
+    sonogate phantom xr   --n N --seed S --out DIR
+
+Imports of the phantom modules happen inside the handlers, so registering the command costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sonogate.errors import SonogateError
+
+
+def _int_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _float_arg(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive(name: str, value) -> None:
+    if value is None or not value > 0:
+        raise SonogateError(f"--{name} must be > 0, got {value}")
+
+
+def cmd_us(args: argparse.Namespace) -> int:
+    from sonogate.phantom.devices import parse_device_list
+    from sonogate.phantom.writer import write_us_dataset
+
+    _positive("n", args.n)
+    _positive("frames-per-sweep", args.frames_per_sweep)
+    _positive("size", args.size)
+    devices = parse_device_list(args.devices)
+    out = write_us_dataset(args.out, args.n, args.seed, devices=devices, size=args.size,
+                           frames_per_sweep=args.frames_per_sweep, standard_fraction=args.standard_fraction,
+                           chrome=args.chrome, progress=True)
+    print(f"wrote {args.n} phantom ultrasound frames ({', '.join(devices)}) to {out}")
+    return 0
+
+
+def cmd_cine(args: argparse.Namespace) -> int:
+    from sonogate.phantom.cine import write_cine
+
+    _positive("seconds", args.seconds)
+    _positive("fps", args.fps)
+    _positive("size", args.size)
+    out = write_cine(Path(args.out), args.seconds, args.fps, args.seed, size=args.size, chrome=args.chrome,
+                     device=args.device, progress=True)
+    print(f"wrote phantom cine {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def cmd_xr(args: argparse.Namespace) -> int:
+    from sonogate.phantom.writer import write_xr_dataset
+
+    _positive("n", args.n)
+    _positive("size", args.size)
+    out = write_xr_dataset(args.out, args.n, args.seed, size=args.size, progress=True)
+    print(f"wrote {args.n} phantom pelvic radiographs ({2 * args.n} hip rows) to {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``phantom`` with ``us``, ``cine`` and ``xr`` to an argparse subparsers object."""
+    phantom = subparsers.add_parser("phantom", help="write synthetic hip ultrasound / X-ray data and cines",
+                                    description="Synthetic infant-hip phantom with exact ground truth.")
+    sub = phantom.add_subparsers(dest="phantom_command", metavar="KIND")
+    phantom.set_defaults(func=lambda args: (phantom.print_help(), 2)[1])
+
+    us = sub.add_parser("us", help="ultrasound frames + labels.csv",
+                        description="Write phantom ultrasound frames in the labelled-folder layout.")
+    us.add_argument("--n", type=_int_arg, required=True, help="number of frames")
+    us.add_argument("--seed", type=_int_arg, default=0)
+    us.add_argument("--out", required=True, help="output folder")
+    us.add_argument("--devices", default="A,B,C", help="scanner presets, comma separated (default A,B,C)")
+    us.add_argument("--frames-per-sweep", type=_int_arg, default=1, help="frames per hip sweep (default 1)")
+    us.add_argument("--standard-fraction", type=_float_arg, default=0.8,
+                    help="share of standard-plane frames (default 0.8)")
+    us.add_argument("--size", type=_int_arg, default=256, help="image side in pixels (default 256)")
+    us.add_argument("--chrome", action="store_true", help="save the whole scanner screen, not just the image")
+    us.set_defaults(func=cmd_us)
+
+    cine = sub.add_parser("cine", help="mp4 sweep + per-frame CSV",
+                          description="Write a phantom probe sweep (mp4v) and a sidecar CSV, one row per frame.")
+    cine.add_argument("--seconds", type=_float_arg, default=20.0)
+    cine.add_argument("--fps", type=_float_arg, default=15.0)
+    cine.add_argument("--seed", type=_int_arg, default=0)
+    cine.add_argument("--out", required=True, help="output .mp4 file")
+    cine.add_argument("--no-chrome", dest="chrome", action="store_false", help="image only, no scanner screen")
+    cine.add_argument("--device", default="A", help="scanner preset (default A)")
+    cine.add_argument("--size", type=_int_arg, default=256, help="ultrasound image side (default 256)")
+    cine.set_defaults(func=cmd_cine)
+
+    xr = sub.add_parser("xr", help="pelvic radiographs + labels.csv",
+                        description="Write phantom pelvic AP radiographs in the labelled-folder layout.")
+    xr.add_argument("--n", type=_int_arg, required=True, help="number of radiographs (two hip rows each)")
+    xr.add_argument("--seed", type=_int_arg, default=0)
+    xr.add_argument("--out", required=True, help="output folder")
+    xr.add_argument("--size", type=_int_arg, default=256, help="image side in pixels (default 256)")
+    xr.set_defaults(func=cmd_xr)
