@@ -115,12 +115,19 @@ def form_image(
     device: ScannerDevice,
     field: np.ndarray,
     size: int,
+    *,
+    gain_offset_db: float = 0.0,
+    contrast: float = 1.0,
+    vignette: float = 0.0,
 ) -> np.ndarray:
     """B-mode grey image from tissue maps.
 
     Inputs: ``diffuse``, ``specular``, ``bone`` float32 (n, n) maps (see module doc); ``device``; ``field``
     the (2, n, n) scatterer noise (fresh per frame, or shared between cine frames so speckle moves with
-    tissue); ``size`` the output side. Output: uint8 (size, size), as acquired (rows = depth).
+    tissue); ``size`` the output side. Keyword-only, the operator's knobs within a preset (set once per
+    sweep): ``gain_offset_db`` added to the preset gain, ``contrast`` dividing the dynamic range (> 1
+    contrastier), ``vignette`` darkening at the lateral edges (share of the grey range lost at the very
+    edge). Output: uint8 (size, size), as acquired (rows = depth).
     """
     n = diffuse.shape[0]
     gain, noise, haze, lut, norm = _device_maps(device, n)
@@ -151,10 +158,14 @@ def form_image(
     # Log compression: grey = 255 (dB - (top - gain) + DR) / DR, clipped, then the display gamma (a LUT).
     cv2.max(envelope, 1e-6, dst=envelope)
     decibel = cv2.log(envelope)
-    scale = _DB_PER_NEPER_AMPLITUDE * 255.0 / device.dynamic_range_db
-    offset = 255.0 * (device.dynamic_range_db - _DISPLAY_TOP_DB + device.gain_db) / device.dynamic_range_db
+    dynamic_range = device.dynamic_range_db / max(0.2, float(contrast))
+    scale = _DB_PER_NEPER_AMPLITUDE * 255.0 / dynamic_range
+    offset = 255.0 * (dynamic_range - _DISPLAY_TOP_DB + device.gain_db + gain_offset_db) / dynamic_range
     display = decibel * np.float32(scale)
     display += np.float32(offset + 0.5)
+    if vignette > 0:  # lens / aperture fall-off toward the lateral edges, in grey levels
+        x = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
+        display -= (np.float32(255.0 * vignette) * (2.0 * x) ** 4)[None, :]
     np.clip(display, 0.0, 255.0, out=display)
     image = display.astype(np.uint8)
     if device.gamma != 1.0:

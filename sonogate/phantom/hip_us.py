@@ -488,9 +488,99 @@ def _specular_surface(img: np.ndarray, pts: np.ndarray, peak: float, thickness: 
     _segments(img, pts, values, thickness)
 
 
-def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> tuple[np.ndarray, ...]:
+@dataclass(frozen=True)
+class _Look:
+    """Operator / patient variation within a device preset, fixed for a hip (so for a whole cine sweep):
+    gain and contrast knobs, lateral vignetting, soft-tissue layer thickness and curvature, and whether a
+    near-field reverberation band shows."""
+
+    gain_db: float
+    contrast: float
+    vignette: float
+    fat_scale: float
+    curvature: float
+    reverb: float  # 0 = none, else the level of the near-field reverberation band
+
+
+@lru_cache(maxsize=256)
+def _sweep_look(seed: int) -> _Look:
+    g = np.random.default_rng([seed, 0x100C])
+    return _Look(
+        gain_db=float(np.clip(g.normal(0.5, 2.5), -4.0, 6.0)),
+        contrast=float(g.uniform(0.88, 1.15)),
+        vignette=float(g.uniform(0.0, 0.25)),
+        fat_scale=float(g.uniform(0.6, 1.7)),
+        curvature=float(g.uniform(0.8, 1.5)),
+        reverb=float(g.uniform(1.0, 3.0)) if g.random() < 0.35 else 0.0,
+    )
+
+
+@lru_cache(maxsize=64)
+def _modulation_field(seed: int, npx: int) -> np.ndarray:
+    """Smooth log-normal brightness modulation (npx, npx) float32, mean about 1: bone echoes brighten and
+    fade along their contours (a few mm correlation length), as on real scans. Cached per hip."""
+    g = np.random.default_rng([seed, 0xB0E])
+    coarse = g.standard_normal((14, 14)).astype(np.float32)
+    field = cv2.resize(cv2.exp(coarse * np.float32(0.45)), (npx, npx), interpolation=cv2.INTER_LINEAR)
+    field.setflags(write=False)
+    return field
+
+
+def _smooth_noise(rng: np.random.Generator, count: int, width: int = 5) -> np.ndarray:
+    """Zero-mean, roughly unit-sd noise (count,) correlated over about ``width`` samples."""
+    kernel = np.hanning(2 * width + 1)
+    kernel /= math.sqrt(float((kernel**2).sum()))
+    return np.convolve(rng.standard_normal(count + 2 * width), kernel, "valid")[:count]
+
+
+def _resample(pts: np.ndarray, step: float) -> np.ndarray:
+    """Polyline resampled at about ``step`` pixel spacing (at least the original end points)."""
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    count = int(np.clip(arc[-1] / max(step, 1e-6), 2, 90)) + 1
+    t = np.linspace(0.0, arc[-1], count)
+    return np.stack([np.interp(t, arc, pts[:, 0]), np.interp(t, arc, pts[:, 1])], axis=1)
+
+
+def _bone_surface(spec: np.ndarray, diffuse: np.ndarray, bone: np.ndarray, pts: np.ndarray, into: np.ndarray,
+                  peak: float, k: float, rng: np.random.Generator, floor: float = 0.12,
+                  mu: float = 0.0, shadow_at: float = 0.9, tail: float = 1.0) -> None:
+    """Bone surface echo: a slightly irregular bright line whose brightness and thickness depend on the
+    angle to the (vertical) beams (strong where square to the beam, fading where oblique), with a soft
+    leading edge, a speckled reverberation tail into the bone and the attenuating band behind it.
+    ``into`` is the unit vector pointing into the bone; ``mu`` the attenuation of the shadow band."""
+    pts = _resample(pts, max(1.5, 0.5 * k))
+    m = len(pts)
+    # Roughness: the drawn surface wanders a little (about 0.07 mm) around the exact contour.
+    pts = pts + (0.07 * k * _smooth_noise(rng, m, 6))[:, None] * into[None, :]
+    d = np.diff(pts, axis=0)
+    cos_incidence = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    along = np.exp(0.25 * _smooth_noise(rng, m - 1, 8))
+    values = peak * (floor + (1.0 - floor) * cos_incidence**3) * along
+    rel = values / peak
+    thick = max(1.0, 0.45 * k)
+    # Leading edge: a dim, wider echo on the probe side (pulse length, beam width): a blurred onset.
+    _segments(spec, pts - (0.25 * k) * into, 0.12 * values, 2.6 * thick)
+    # Core, thicker where it is bright.
+    fx = [tuple(p) for p in _fx(pts).reshape(-1, 2).tolist()]
+    for i, (v, w) in enumerate(zip(values.tolist(), (thick * (0.8 + 0.5 * rel)).tolist())):
+        cv2.line(spec, fx[i], fx[i + 1], v, max(1, round(w)), cv2.LINE_8, _SHIFT)
+    # Reverberation tail into the bone: fainter echoes and a speckled band (diffuse: it speckles).
+    if tail > 0:
+        half = pts[::2] if m > 6 else pts
+        hv = values[::2][: len(half) - 1] if m > 6 else values
+        for depth, level in ((0.4, 0.3), (0.75, 0.12)):
+            _segments(spec, half + (depth * k) * into, tail * level * hv, max(1.0, 0.3 * k))
+        _polyline(diffuse, pts + (0.55 * k) * into, 0.9 * tail, max(1.0, 0.7 * k))
+    if mu > 0:
+        _polyline(bone, pts + (shadow_at * k) * into, mu, max(1.0, 0.7 * k))
+
+
+def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
+                look: _Look | None = None) -> tuple[np.ndarray, ...]:
     """Tissue maps (diffuse, specular, bone) float32 (npx, npx) for ``scene``."""
     k = npx / depth_mm  # px per mm
+    look = look or _sweep_look(params.tissue_seed)
     tex = np.random.default_rng(params.tissue_seed)  # per-hip texture: identical across frames of a hip
     specular = np.zeros((npx, npx), np.float32)
     bone = np.zeros((npx, npx), np.float32)
@@ -500,8 +590,10 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     r = scene.head_radius * k
     u, n = scene.u, scene.n
     xs = np.linspace(-0.05 * npx, 1.05 * npx, 28)
-    fat_px = params.fat_mm * k
+    fat_px = params.fat_mm * look.fat_scale * k
     drape = _drape_profile(scene, k, npx)
+    mean_drape = float(drape.mean())
+    drape = np.minimum(drape, mean_drape + look.curvature * (drape - mean_drape))  # more / less curved layers
 
     # Soft tissue: streaky structure warped so that it drapes over the joint like the muscle layers do
     # (rows shift by the drape height, fully at the joint, not at all at the skin).
@@ -538,7 +630,7 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     for j in range(int(tex.integers(8, 14))):
         strong = j < int(tex.integers(2, 4))
         f = float(tex.uniform(0.05, 0.95)) if strong else float(tex.uniform(0.0, 1.0) ** 1.5)
-        wave = tex.normal(0.0, 0.01 * npx) * np.sin(xs / npx * tex.uniform(2.0, 6.0) + tex.uniform(0, 6.3))
+        wave = tex.normal(0.0, 0.02 * npx) * np.sin(xs / npx * tex.uniform(2.0, 6.0) + tex.uniform(0, 6.3))
         ys = fat_px + f * (drape[drape_xs] - fat_px) + wave
         if strong:
             a, b = 0, len(xs)
@@ -549,7 +641,8 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
         level = tex.uniform(2.0, 4.5) if strong else tex.uniform(0.7, 2.0)
         if strong:  # brightness varies along a fascia
             noise = np.convolve(tex.standard_normal(len(pts) + 3), [0.25, 0.5, 0.75, 0.5, 0.25], "valid")
-            _segments(specular, pts[::2], level * np.exp(0.9 * noise[: len(pts[::2]) - 1]), mm(0.2))
+            gaps = np.where(_smooth_noise(tex, len(pts[::2]) - 1, 2) < -0.7, 0.05, 1.0)  # interrupted
+            _segments(specular, pts[::2], level * gaps * np.exp(0.9 * noise[: len(pts[::2]) - 1]), mm(0.2))
         else:
             _polyline(specular, pts, level, mm(0.15))
         if strong:  # hypoechoic muscle belly just below a fascia
@@ -564,6 +657,12 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
             ys = fat_px * (1.0 + f) + 0.15 * f * (drape[drape_xs[a:b]] - drape.mean())
         _polyline(specular, np.stack([xs[a:b], ys], axis=1), tex.uniform(1.2, 3.2), 1)
     _polyline(specular, np.array([[0, 0.3 * k], [npx, 0.3 * k]]), 5.0, mm(0.3))  # skin line
+    if look.reverb > 0:  # near-field reverberation: faint copies of the skin line, evenly spaced, decaying
+        step = float(tex.uniform(1.2, 2.4)) * k
+        for j in range(1, 5):
+            _polyline(specular, np.array([[0, 0.3 * k + j * step], [npx, 0.3 * k + j * step]]),
+                      look.reverb * 0.7**j, mm(0.25))
+        _polyline(diffuse, np.array([[0, 2.0 * step], [npx, 2.0 * step]]), 0.15 * look.reverb, 4.0 * step)
 
     # Acetabular cartilage: fills between the bony roof, the head and the cartilage roof line.
     roof_px = scene.roof * k
@@ -579,6 +678,14 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     head_arc = _arc_points(c, r * 1.02, ang_lab, arc_end, 30)
     cart_poly = np.vstack([roof_px[::-1], lab[None, :], head_arc, low[None, :]])
     _fill(diffuse, cart_poly, 0.1)
+    cx0, cy0 = cart_poly.min(axis=0)
+    cx1, cy1 = cart_poly.max(axis=0)
+    n_fleck = int(tex.integers(6, 16))  # hypoechoic but textured: a few faint flecks
+    fl = np.stack([tex.uniform(cx0, cx1, n_fleck), tex.uniform(cy0, cy1, n_fleck)], axis=1).astype(int)
+    inside_cart = np.array([cv2.pointPolygonTest(cart_poly.astype(np.float32), (float(x), float(y)), False) > 0
+                            for x, y in fl], dtype=bool) if n_fleck else np.zeros(0, bool)
+    fl = np.clip(fl[inside_cart], 0, npx - 1)
+    diffuse[fl[:, 1], fl[:, 0]] = tex.uniform(0.25, 0.6, len(fl)).astype(np.float32)
 
     # Greater-trochanter cartilage and the cartilaginous neck region (hypoechoic).
     mc, mr = scene.metaphysis_center * k, scene.metaphysis_radius * k
@@ -597,6 +704,17 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     dot_v = tex.uniform(0.1, 0.35, n_dots).astype(np.float32)
     for dx in range(int(max(1, round(0.25 * k)))):
         diffuse[dot_y, dot_x + dx] = dot_v
+    # "Starry sky": sparse small bright specks (vascular channels) in the unossified head.
+    n_star = int(tex.integers(25, 70))
+    rad = r * 0.93 * np.sqrt(tex.random(n_star))
+    th = tex.uniform(0, 2 * math.pi, n_star)
+    star_x = np.clip((c[0] + rad * np.cos(th)).astype(int), 0, npx - 2)
+    star_y = np.clip((c[1] + rad * np.sin(th)).astype(int), 0, npx - 1)
+    star_v = (tex.uniform(2.0, 4.5, n_star) ** 1.6).astype(np.float32)
+    specular[star_y, star_x] = star_v
+    specular[star_y, star_x + 1] = 0.5 * star_v
+    # Thin echogenic perichondrium around the head.
+    cv2.circle(specular, tuple(round(v * _ONE) for v in c), round(r * 1.01 * _ONE), 0.9, 1, cv2.LINE_8, _SHIFT)
 
     # Fat pad in the acetabular fossa, between the head and the lower limb (echogenic).
     toward = (low - c) / max(1e-6, float(np.hypot(*(low - c))))
@@ -640,19 +758,17 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     # Bone. Bright specular surface (plus a fainter echo just below: pulse length and reverberation), then
     # a band of attenuation on the bone side that casts the acoustic shadow.
     bone_mu = 2.6 / mm(0.7)  # about -23 dB through the bone band: shadows keep a faint texture
+    # Bone echoes go to their own map first: a smooth per-hip field then brightens and fades them along
+    # the contours (and their tails) before they join the other reflectors.
+    bspec = np.zeros_like(specular)
     ilium_px = scene.ilium * k
-    _specular_surface(specular, ilium_px, 30.0, mm(0.45), tex, halo=0.12)
-    for depth, level in ((0.35, 10.0), (0.65, 4.0), (0.95, 1.6)):  # graded fade into the bone
-        _polyline(specular, ilium_px + (depth * k) * n, level, mm(0.3))
-    _polyline(bone, ilium_px + (0.9 * k) * n, bone_mu, mm(0.7))
+    _bone_surface(bspec, diffuse, bone, ilium_px, n, 34.0, k, tex, floor=0.12, mu=bone_mu, shadow_at=0.9)
     roof_drawn = roof_px
     if defect == "no_lower_limb":
         roof_drawn = roof_px[: max(3, int(len(roof_px) * 0.55))]  # roof stops short, lower limb not shown
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
-    _specular_surface(specular, roof_drawn, 28.0, mm(0.45), tex, floor=0.3, halo=0.15)
-    for depth, level in ((0.35, 7.0), (0.65, 2.5)):
-        _polyline(specular, roof_drawn + (depth * k) * m_away, level, mm(0.3))
-    _polyline(bone, roof_drawn + (0.6 * k) * m_away, bone_mu, mm(0.7))
+    _bone_surface(bspec, diffuse, bone, roof_drawn, m_away, 30.0, k, tex, floor=0.25, mu=bone_mu, shadow_at=0.6,
+                  tail=0.7)
     if defect != "no_lower_limb":
         _ellipse(specular, low, (0.8 * k, 0.55 * k), math.degrees(math.atan2(u[1], u[0])), 22.0)
         _ellipse(bone, low + 0.5 * k * n, (0.7 * k, 0.4 * k), 0.0, bone_mu)
@@ -660,7 +776,7 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
         ang_l = math.degrees(math.atan2(low[1] - c[1], low[0] - c[0]))
         toward_below = -1.0 if ((ang_l - math.degrees(math.atan2(n[1], n[0]))) % 360.0) < 180.0 else 1.0
         hook = _arc_points(c, float(np.hypot(*(low - c))) * 1.03, ang_l, ang_l + toward_below * 38.0, 8)
-        _specular_surface(specular, hook, 14.0, mm(0.4), tex, floor=0.35, halo=0.2)
+        _specular_surface(bspec, hook, 14.0, mm(0.4), tex, floor=0.35, halo=0.2)
         _polyline(bone, hook + (0.6 * k) * n, 0.6 * bone_mu, mm(0.6))
     else:
         _ellipse(diffuse, low, (0.12 * r, 0.3 * r), 0.0, 0.07)
@@ -671,14 +787,14 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
     _ellipse(diffuse, isc, (0.62 * r, 0.4 * r), isc_angle, 0.35)  # glow of the cartilage around it
     dome = _arc_points(isc + 0.12 * r * n, 0.42 * r, 180.0 + isc_angle, 360.0 + isc_angle, 12)
     dome[:, 1] = isc[1] + 0.12 * r + (dome[:, 1] - isc[1] - 0.12 * r) * 0.75  # a little flatter than round
-    _specular_surface(specular, dome, 18.0, mm(0.55), tex, floor=0.4, halo=0.25)
+    _specular_surface(bspec, dome, 18.0, mm(0.55), tex, floor=0.4, halo=0.25)
     _ellipse(bone, isc + 0.2 * r * n, (0.4 * r, 0.2 * r), isc_angle, bone_mu)
 
     # Chondro-osseous border of the femoral neck: bright arc facing the head and the probe, shadow behind.
     if defect != "no_chondro_osseous":
         facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
         arc = _arc_points(mc, mr, facing - 15.0, facing + 100.0, 18)
-        _specular_surface(specular, arc, 20.0, mm(0.4), tex, floor=0.3, halo=0.15)
+        _specular_surface(bspec, arc, 20.0, mm(0.4), tex, floor=0.3, halo=0.15)
         _polyline(bone, _arc_points(mc, mr - 0.6 * k, facing - 15.0, facing + 100.0, 18), bone_mu, mm(0.7))
     # Ossific nucleus: irregular bright core in the head, partial shadow.
     if params.ossific_nucleus_mm > 0:
@@ -687,6 +803,7 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float) -> 
         pts += tex.normal(0.0, 0.12 * rn, pts.shape)
         _fill(specular, pts, 7.0)
         _fill(bone, pts, 0.12)
+    specular += cv2.multiply(bspec, _modulation_field(params.tissue_seed, npx))
     return diffuse, specular, bone
 
 
@@ -728,12 +845,14 @@ def render_us_frame(
     defect, plane_offset = _resolve_defect(defect, plane_offset, rng)
     n_int = internal_size(dev, int(size))
     scene = _build_scene(params, defect, plane_offset, dev.depth_mm, probe_shift_mm, probe_rot_deg, rng)
-    diffuse, specular, bone = _draw_scene(scene, params, n_int, dev.depth_mm)
+    look = _sweep_look(params.tissue_seed)  # operator / patient variation, fixed for the hip's sweep
+    diffuse, specular, bone = _draw_scene(scene, params, n_int, dev.depth_mm, look)
     if speckle_field is None:
         speckle_field = new_speckle_field(rng, n_int)
     elif speckle_field.shape != (2, n_int, n_int):
         raise SonogateError(f"speckle_field must have shape {(2, n_int, n_int)}, got {speckle_field.shape}")
-    image = form_image(diffuse, specular, bone, dev, speckle_field, int(size))
+    image = form_image(diffuse, specular, bone, dev, speckle_field, int(size), gain_offset_db=look.gain_db,
+                       contrast=look.contrast, vignette=look.vignette)
     vertical = dev.orientation == "vertical"
     if vertical:
         image = np.ascontiguousarray(image.T)
