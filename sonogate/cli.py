@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--seconds", type=float, default=24.0)
     demo.add_argument("--fps", type=float, default=15.0)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=10)
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=cmd_demo)
 

@@ -203,6 +203,14 @@ def _close(a: Roi, b: Roi, tol: int) -> bool:
                                                  (b[0], b[1], b[0] + b[2], b[1] + b[3])))
 
 
+def _contains(outer: Roi, inner: Roi, tol: int) -> bool:
+    """``outer`` holds ``inner`` (within ``tol`` px per edge) and is larger than it."""
+    ox0, oy0, ox1, oy1 = outer[0], outer[1], outer[0] + outer[2], outer[1] + outer[3]
+    ix0, iy0, ix1, iy1 = inner[0], inner[1], inner[0] + inner[2], inner[1] + inner[3]
+    inside = ox0 <= ix0 + tol and oy0 <= iy0 + tol and ox1 >= ix1 - tol and oy1 >= iy1 - tol
+    return inside and outer[2] * outer[3] > inner[2] * inner[3] and not _close(outer, inner, tol)
+
+
 def clip_roi(roi: Roi, width: int, height: int) -> Roi:
     """Clip to the frame; raise SonogateError when nothing of the ROI is inside it."""
     x, y, w, h = roi
@@ -235,12 +243,14 @@ class RoiTracker:
         self._since_detect = 0
         self._shape: tuple[int, ...] | None = None
         self._manual_clipped: Roi | None = None
+        self._motion = _MotionMap()
 
     def reset(self) -> None:
         self.locked = None
         self._pending = None
         self._since_detect = 0
         self._shape = None
+        self._motion = _MotionMap()
 
     def update(self, frame: np.ndarray) -> Roi:
         height, width = frame.shape[:2]
@@ -252,15 +262,25 @@ class RoiTracker:
             if self._manual_clipped is None:
                 self._manual_clipped = clip_roi(self.manual, width, height)
             return self._manual_clipped
+        self._motion.add(frame)
         due = self.locked is None or self._pending is not None or self._since_detect >= self.redetect_every
         if due:
             self._since_detect = 0
             self.detections += 1
             found = detect_roi(frame)
+            if found is not None and (self.locked is None or _close(found, self.locked, self.tolerance)
+                                      or _contains(self.locked, found, self.tolerance)):
+                found = self._motion.extend(found, width, height)
+            else:  # the layout may have changed: motion gathered across the change would mislead
+                self._motion.forget()
             if found is not None:
-                if self.locked is None:
-                    self.locked = found
-                elif _close(found, self.locked, self.tolerance):
+                if self.locked is None or _contains(found, self.locked, self.tolerance):
+                    # first box, or the same image seen further (a dark far field or a shadow band that the
+                    # motion cue recovered): growing never hides image, so it needs no second opinion
+                    self.locked, self._pending = found, None
+                elif _close(found, self.locked, self.tolerance) or _contains(self.locked, found, self.tolerance):
+                    # a box inside the locked one is the same image with a dark part this time (shadow, far
+                    # field): never shrink on it. A new layout moves or grows the image; reset() re-detects.
                     self._pending = None
                 elif self._pending is not None and _close(found, self._pending, self.tolerance):
                     self.locked, self._pending = found, None  # two detections agree on a new layout
@@ -270,6 +290,92 @@ class RoiTracker:
                 self._pending = None
         self._since_detect += 1
         return self.locked if self.locked is not None else (0, 0, width, height)
+
+
+def _grow(moving_rows: np.ndarray, start: int, step: int, max_gap: int) -> int:
+    """Walk from ``start`` in ``step`` direction over moving rows, bridging still gaps of <= ``max_gap`` rows
+    that moving rows follow; returns the first row index past the last moving row reached."""
+    last_moving = start - step
+    index = start
+    while 0 <= index < len(moving_rows):
+        if moving_rows[index]:
+            last_moving = index
+        elif abs(index - last_moving) > max_gap:
+            break
+        index += step
+    return last_moving + step
+
+
+class _MotionMap:
+    """Where the picture changes between frames, at low resolution.
+
+    The scanner's image area changes from frame to frame (speckle, probe motion) while its UI chrome is static,
+    so the moving region recovers parts of the image the texture rule misses: a black acoustic shadow band
+    across the image, or a dark far field. Cost per frame: one gray conversion and a 160-px resize; the
+    buffers are reused. A still image (no motion) leaves the texture box as it is.
+    """
+
+    SIDE = 160
+    LEVEL = 2  # grey levels of change that count as motion at the reduced size
+    ROW_SHARE = 0.2  # share of a row's pixels that must move for the row to belong to the image
+    MAX_GAP_ROWS = 6  # a still band this thin (an acoustic shadow across the image) is bridged
+
+    def __init__(self) -> None:
+        self._previous: np.ndarray | None = None
+        self._current: np.ndarray | None = None
+        self._diff: np.ndarray | None = None
+        self.motion: np.ndarray | None = None
+        self.frames = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        if frame.ndim != 3 or frame.shape[2] not in (3, 4) or frame.dtype != np.uint8 or min(frame.shape[:2]) < 16:
+            return
+        height, width = frame.shape[:2]
+        scale = self.SIDE / max(height, width)
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        if self._current is None or self._current.shape != (size[1], size[0]):
+            self._previous = None
+            self._current = np.empty((size[1], size[0]), np.uint8)
+            self._diff = np.empty_like(self._current)
+            self.motion = np.zeros_like(self._current)
+            self.frames = 0
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if frame.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+        cv2.resize(gray, size, dst=self._current, interpolation=cv2.INTER_AREA)
+        if self._previous is not None:
+            cv2.absdiff(self._current, self._previous, dst=self._diff)
+            np.maximum(self.motion, self._diff, out=self.motion)
+            self._previous, self._current = self._current, self._previous
+        else:
+            self._previous = self._current.copy()
+        self.frames += 1
+
+    def forget(self) -> None:
+        if self.motion is not None:
+            self.motion[:] = 0
+            self.frames = min(self.frames, 1)
+
+    def extend(self, found: Roi | None, width: int, height: int) -> Roi | None:
+        """The texture box grown down (and up) through rows that keep moving; motion is then forgotten.
+
+        Inside the box's columns a row counts as image when at least ``ROW_SHARE`` of it changed by
+        ``LEVEL`` grey levels over the recent frames (3-row smoothing); static chrome rows do not.
+        """
+        if found is None or self.motion is None or self.frames < 3:
+            return found
+        moving = self.motion >= self.LEVEL
+        np.right_shift(self.motion, 1, out=self.motion)  # fade, not forget: a still moment keeps the far field
+        sx, sy = width / moving.shape[1], height / moving.shape[0]
+        c0 = min(moving.shape[1] - 1, int(found[0] / sx))
+        c1 = max(c0 + 1, int((found[0] + found[2]) / sx))
+        share = moving[:, c0:c1].mean(axis=1)
+        share = np.convolve(share, np.ones(3) / 3, mode="same")
+        r0 = int(found[1] / sy)
+        r1 = min(len(share), int(np.ceil((found[1] + found[3]) / sy)))
+        bottom = _grow(share >= self.ROW_SHARE, r1, +1, self.MAX_GAP_ROWS)
+        top = _grow(share >= self.ROW_SHARE, r0 - 1, -1, self.MAX_GAP_ROWS) + 1
+        y0 = int(top * sy) if top < r0 else found[1]
+        y1 = int(np.ceil(bottom * sy)) if bottom > r1 else found[1] + found[3]
+        return clip_roi((found[0], y0, found[2], y1 - y0), width, height)
 
 
 _ROI_TEXT = re.compile(r"^\s*(\d+)\s*[, ]\s*(\d+)\s*[, ]\s*(\d+)\s*[, ]\s*(\d+)\s*$")

@@ -123,6 +123,8 @@ class Session:
     def reset(self, next_hip: bool = False, roi: tuple[int, int, int, int] | None = None) -> None:
         """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region."""
         self.recommender.reset(next_hip=next_hip)
+        if self.roi_tracker is not None and self.roi_tracker.manual is None:
+            self.roi_tracker.reset()  # the scanner layout may have changed between hips
         if roi is not None:
             self.roi_tracker = RoiTracker(manual=roi)
             self.last_roi = roi
