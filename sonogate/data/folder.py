@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -103,6 +103,14 @@ class LabelledFolder:
         """Image ``i`` as gray uint8 (H, W)."""
         return load_gray_image(self.image_paths[i])
 
+    def rois(self) -> np.ndarray | None:
+        """(n, 4) float64 ultrasound region x, y, w, h per image from the roi_x/_y/_w/_h columns (a phantom
+        written with scanner chrome has them); None when the folder has no such columns (whole image)."""
+        names = ("roi_x", "roi_y", "roi_w", "roi_h")
+        if not all(n in self.columns and self.columns[n].dtype.kind == "f" for n in names):
+            return None
+        return self.targets(names)
+
     def has(self, name: str) -> bool:
         return name in self.columns
 
@@ -113,7 +121,9 @@ class LabelledFolder:
         col = self.columns[name]
         if col.dtype.kind == "f":
             # Numeric ids such as patient 12 should read "12", not "12.0".
-            return np.array([("" if math.isnan(v) else (str(int(v)) if v == int(v) else str(v))) for v in col], dtype=object)
+            return np.array(
+                [("" if math.isnan(v) else (str(int(v)) if v == int(v) else str(v))) for v in col], dtype=object
+            )
         return col.astype(object)
 
     def targets(self, names: Sequence[str]) -> np.ndarray:
@@ -157,7 +167,7 @@ class LabelledFolder:
                 return self.text(name)
         return np.array([p.as_posix() for p in self.image_paths], dtype=object)
 
-    def subset(self, indices: Iterable[int]) -> "LabelledFolder":
+    def subset(self, indices: Iterable[int]) -> LabelledFolder:
         idx = np.asarray(list(indices), dtype=np.int64)
         return LabelledFolder(
             root=self.root,

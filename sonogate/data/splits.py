@@ -3,7 +3,7 @@ frame-level split leaks and makes held-out errors and conformal coverage look be
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

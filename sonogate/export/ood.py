@@ -51,8 +51,8 @@ def fit_ood(train_feats: np.ndarray, heldout_feats: np.ndarray, percentile: floa
         "threshold": float(np.percentile(dist, percentile)),
         "percentile": float(percentile),
         "shrinkage": shrink,
-        "n_train": int(len(train_feats)),
-        "n_heldout": int(len(heldout_feats)),
+        "n_train": len(train_feats),
+        "n_heldout": len(heldout_feats),
     }
 
 

@@ -29,6 +29,13 @@ class AugmentConfig:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 1.5)  # pixels of the output view
     noise_std: float = 0.02
+    # Scanner variation beyond gain/contrast: resolution (coarser render, larger speckle) and aperture width.
+    lowres_p: float = 0.0
+    lowres_scale: tuple[float, float] = (0.6, 1.0)
+    speckle_p: float = 0.0
+    speckle_std: float = 0.15
+    band_p: float = 0.0
+    band_frac: float = 0.06
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -50,9 +57,9 @@ def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generato
     sx = w
     if cfg.hflip:
         sx = sx * torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
-    theta = torch.stack(
-        [torch.stack([sx * cos, -h * sin, cx], 1), torch.stack([sx * sin, h * cos, cy], 1)], 1
-    ).to(x.dtype)
+    theta = torch.stack([torch.stack([sx * cos, -h * sin, cx], 1), torch.stack([sx * sin, h * cos, cy], 1)], 1).to(
+        x.dtype
+    )
     grid = F.affine_grid(theta, [n, x.shape[1], cfg.out_size, cfg.out_size], align_corners=False)
     # Border padding: a rotated crop should not show black corners the runtime never sees.
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -61,7 +68,7 @@ def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generato
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Per-image separable Gaussian blur; x (N, 1, H, W), sigma (N,) in pixels."""
     n = x.shape[0]
-    radius = int(math.ceil(3 * float(sigma.max()))) if n else 0
+    radius = math.ceil(3 * float(sigma.max())) if n else 0
     if radius < 1:
         return x
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -75,11 +82,48 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape_as(x)
 
 
-def augment(x01: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """One random view of a batch. Input (N, 1, H, W) gray in [0, 1]; output (N, 1, out, out) in [0, 1]
-    (normalise with the bundle's mean/std afterwards)."""
-    n, dev = x01.shape[0], x01.device
-    x = random_resized_crop(x01, cfg, gen)
+def _lowres(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Render some images coarser (down- then up-sample), as a scanner with a larger resolution cell does."""
+    n, dev = x.shape[0], x.device
+    pick = torch.rand(n, generator=gen, device=dev) < cfg.lowres_p
+    if not pick.any():
+        return x
+    out = x.clone()
+    scale = float(_uniform(1, *cfg.lowres_scale, gen, dev))  # one factor per call keeps it batched
+    small = F.interpolate(x[pick], scale_factor=scale, mode="area")
+    out[pick] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def _speckle(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Multiplicative low-frequency texture: a different speckle grain than the training scanners'."""
+    n, dev = x.shape[0], x.device
+    h, w = x.shape[-2:]
+    field = torch.randn((n, 1, max(2, h // 4), max(2, w // 4)), generator=gen, device=dev, dtype=x.dtype)
+    field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
+    on = (torch.rand(n, generator=gen, device=dev) < cfg.speckle_p).to(x.dtype)[:, None, None, None]
+    return x * torch.exp(on * cfg.speckle_std * field)
+
+
+def _bands(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Black bands at the sides, as a narrower transducer aperture leaves them."""
+    n, dev = x.shape[0], x.device
+    w = x.shape[-1]
+    cols = torch.arange(w, device=dev)[None, :]
+    width = (torch.rand(n, generator=gen, device=dev) * cfg.band_frac * w)[:, None]
+    width = torch.where(torch.rand(n, generator=gen, device=dev)[:, None] < cfg.band_p, width, torch.zeros_like(width))
+    keep = ((cols >= width) & (cols < w - width)).to(x.dtype)
+    return x * keep[:, None, None, :]
+
+
+def photometric(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Gain / contrast / gamma jitter, blur and noise (what differs between scanners); x in [0, 1].
+    Optionally (probabilities in ``cfg``) coarser resolution, another speckle grain, side bands."""
+    n, dev = x.shape[0], x.device
+    if cfg.lowres_p > 0:
+        x = _lowres(x, cfg, gen)
+    if cfg.speckle_p > 0:
+        x = _speckle(x, cfg, gen).clamp(0, 1)
     on = (torch.rand(n, generator=gen, device=dev) < cfg.jitter_p).to(x.dtype)[:, None, None, None]
     gain = _uniform(n, *cfg.gain, gen, dev)[:, None, None, None]
     contrast = _uniform(n, *cfg.contrast, gen, dev)[:, None, None, None]
@@ -92,4 +136,42 @@ def augment(x01: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torc
     x = gaussian_blur(x, sigma)
     if cfg.noise_std > 0:
         x = x + cfg.noise_std * torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
+    if cfg.band_p > 0:
+        x = _bands(x, cfg, gen)
     return x.clamp(0, 1)
+
+
+def augment(x01: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """One random SimSiam view of a batch. Input (N, 1, H, W) gray in [0, 1]; output (N, 1, out, out) in
+    [0, 1] (normalise with the bundle's mean/std afterwards)."""
+    return photometric(random_resized_crop(x01, cfg, gen), cfg, gen)
+
+
+def random_similarity(
+    x01: torch.Tensor,
+    points: torch.Tensor,
+    gen: torch.Generator,
+    zoom: tuple[float, float] = (0.7, 1.2),  # depth settings differ between carts and sites
+    rotate_deg: float = 8.0,
+    shift: float = 0.08,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random zoom / rotation / shift of images together with their landmarks, for the heads' training.
+
+    Graf angles and coverage are invariant under a similarity transform, so labels stay valid; it teaches
+    the heads the depth settings (pixel scales) and probe positions that differ between scanners.
+    Inputs: x01 (N, 1, S, S) in [0, 1]; points (N, K, 2) (x, y) in [0, 1] of the image. Outputs: warped
+    images (outside the field is black, like outside an ultrasound sector) and moved points.
+    """
+    n, dev = x01.shape[0], x01.device
+    s = _uniform(n, *zoom, gen, dev)  # > 1 magnifies the anatomy
+    a = torch.deg2rad(_uniform(n, -rotate_deg, rotate_deg, gen, dev))
+    t = torch.stack([_uniform(n, -shift, shift, gen, dev), _uniform(n, -shift, shift, gen, dev)], 1) * 2
+    # affine_grid maps output coords to input coords (normalised [-1, 1]): p_in = A p_out + t
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s
+    A = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    theta = torch.cat([A, t[:, :, None]], 2).to(x01.dtype)
+    grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
+    out = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    p_in = points * 2 - 1
+    p_out = torch.linalg.solve(A, (p_in - t[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    return out, (p_out + 1) / 2

@@ -7,13 +7,14 @@ from torch import nn
 
 FEATURE_DIM = 512
 LAYER3_CHANNELS = 256
+LAYER2_CHANNELS = 128
 
 
 class Encoder(nn.Module):
     """torchvision ResNet-18 with a 1-channel conv1 and no fc.
 
-    ``forward(x)`` -> pooled features (N, 512). ``forward_maps(x)`` -> (layer3 (N, 256, S/16, S/16),
-    layer4 (N, 512, S/32, S/32)). Input x: (N, 1, S, S), already normalised.
+    ``forward(x)`` -> pooled features (N, 512). ``forward_maps(x)`` -> (layer2 (N, 128, S/8, S/8),
+    layer3 (N, 256, S/16, S/16), layer4 (N, 512, S/32, S/32)). Input x: (N, 1, S, S), already normalised.
     """
 
     def __init__(self) -> None:
@@ -26,16 +27,20 @@ class Encoder(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
 
-    def stem_to_layer3(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
+    def to_layer2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
 
-    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f3 = self.stem_to_layer3(x)
-        return f3, self.layer4(f3)
+    def to_layer3(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layer2, layer3) maps: what a fine-tuned layer4 starts from."""
+        f2 = self.to_layer2(x)
+        return f2, self.layer3(f2)
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f2, f3 = self.to_layer3(x)
+        return f2, f3, self.layer4(f3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool(self.layer4(self.stem_to_layer3(x)))
+        return pool(self.layer4(self.layer3(self.to_layer2(x))))
 
 
 def pool(f4: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonogate.models.encoder import FEATURE_DIM, LAYER3_CHANNELS
+from sonogate.models.encoder import FEATURE_DIM, LAYER2_CHANNELS, LAYER3_CHANNELS
 
 
 class MLPHead(nn.Module):
@@ -16,31 +16,38 @@ class MLPHead(nn.Module):
     dimension, so we standardise them with training statistics held as buffers (exported with the graph).
     """
 
-    def __init__(self, out_dim: int, in_dim: int = FEATURE_DIM, hidden: int = 128, dropout: float = 0.1) -> None:
+    def __init__(self, out_dim: int, in_dim: int = FEATURE_DIM, hidden: int = 128, dropout: float = 0.3) -> None:
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+        )
 
     def set_feature_stats(self, feats: torch.Tensor) -> None:
+        std = feats.std(0)
+        # Nearly constant dimensions would be blown up into noise (and explode on a new scanner): floor them.
         self.feat_mean.copy_(feats.mean(0))
-        self.feat_std.copy_(feats.std(0).clamp(min=1e-4))
+        self.feat_std.copy_(std.clamp(min=max(1e-6, 0.1 * float(std.median()))))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.net((feats - self.feat_mean) / self.feat_std)
 
 
 class LandmarkHead(nn.Module):
-    """layer3 (N, 256, h, w) + layer4 (N, 512, h/2, w/2) -> landmark (x, y) in [0, 1] of the input (N, K, 2).
+    """layer2 (N, 128, h, w), layer3 (N, 256, h/2, w/2), layer4 (N, 512, h/4, w/4) -> landmark (x, y) in
+    [0, 1] of the input, (N, K, 2).
 
-    Heatmaps at twice the layer3 resolution (stride 8 of the input), decoded by a soft-argmax (integral
-    regression), which is differentiable, sub-pixel, exports to plain ONNX ops (Softmax, MatMul) and keeps
-    the translation equivariance that a dense regressor from pooled features lacks.
+    A small feature pyramid: layer4 and layer3 decide *which* bright edge is the bony rim or the labrum,
+    layer2 (stride 8) says *where* it is to a pixel. Heatmaps at stride 8 are decoded by a soft-argmax
+    (integral regression): differentiable, sub-pixel, plain ONNX ops (Softmax, Mul, ReduceSum), and
+    translation-equivariant, which a dense regressor from pooled features is not.
     """
 
     def __init__(self, n_landmarks: int, width: int = 64) -> None:
         super().__init__()
         self.n_landmarks = n_landmarks
+        self.lat2 = nn.Conv2d(LAYER2_CHANNELS, width, 1)
         self.lat3 = nn.Conv2d(LAYER3_CHANNELS, width, 1)
         self.lat4 = nn.Conv2d(FEATURE_DIM, width, 1)
         self.block = nn.Sequential(
@@ -57,14 +64,14 @@ class LandmarkHead(nn.Module):
         # Sharpness of the soft-argmax; learned, starts moderately peaked.
         self.log_beta = nn.Parameter(torch.tensor(1.0))
 
-    def heatmap_logits(self, f3: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+    def heatmap_logits(self, f2: torch.Tensor, f3: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
         top = F.interpolate(self.lat4(f4), size=f3.shape[-2:], mode="bilinear", align_corners=False)
         x = self.block(F.relu(self.lat3(f3) + top))
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.refine(x)
+        x = F.interpolate(x, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        return self.refine(F.relu(x + self.lat2(f2)))
 
-    def forward(self, f3: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        logits = self.heatmap_logits(f3, f4)
+    def forward(self, f2: torch.Tensor, f3: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+        logits = self.heatmap_logits(f2, f3, f4)
         n, k, h, w = logits.shape
         prob = torch.softmax(logits.flatten(2) * self.log_beta.exp(), dim=-1).reshape(n, k, h, w)
         # Cell centres in [0, 1]: pixel-centre convention matching cv2.resize / align_corners=False.

@@ -1,16 +1,16 @@
 """The fused inference network: what ``sonogate export`` turns into ``model.onnx``.
 
-    image (N, 1, S, S) normalised
-      -> encoder -> layer3, layer4 -> pooled features (N, 512)
-      -> plane head (512 -> 128 -> 1)                       plane_logit (N, 1)
-      -> head "mlp":      512 -> 128 -> 3, de-standardised    measurements (N, 3) in deg, deg, %
-         head "landmark": heatmaps -> soft-argmax landmarks -> Graf geometry (atan2) -> measurements
-    outputs: measurements, plane_logit, features (names fixed by the runtime contract)
+image (N, 1, S, S) normalised
+  -> encoder -> layer3, layer4 -> pooled features (N, 512)
+  -> plane head (512 -> 128 -> 1)                       plane_logit (N, 1)
+  -> head "mlp":      512 -> 128 -> 3, de-standardised    measurements (N, 3) in deg, deg, %
+     head "landmark": heatmaps -> soft-argmax landmarks -> Graf geometry (atan2) -> measurements
+outputs: measurements, plane_logit, features (names fixed by the runtime contract)
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -51,17 +51,16 @@ class HipUSNet(nn.Module):
             self.landmark_head = LandmarkHead(len(self.landmark_names))
             self.geometry = GrafGeometry(self.landmark_names)
 
-    def heads_from_maps(self, f3: torch.Tensor, f4: torch.Tensor):
+    def heads_from_maps(self, f2: torch.Tensor, f3: torch.Tensor, f4: torch.Tensor):
         """(measurements, plane_logit, features, landmarks or None) from encoder maps; used by training
-        on cached layer3/layer4 maps and by ``forward``."""
+        on cached maps and by ``forward``."""
         feats = pool(f4)
         plane = self.plane_head(feats)
         if self.head == "mlp":
             return self.measure_head(feats) * self.target_std + self.target_mean, plane, feats, None
-        coords = self.landmark_head(f3, f4)
+        coords = self.landmark_head(f2, f3, f4)
         return self.geometry(coords), plane, feats, coords
 
     def forward(self, image: torch.Tensor):
-        f3, f4 = self.encoder.forward_maps(image)
-        meas, plane, feats, _ = self.heads_from_maps(f3, f4)
+        meas, plane, feats, _ = self.heads_from_maps(*self.encoder.forward_maps(image))
         return meas, plane, feats

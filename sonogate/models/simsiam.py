@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,7 +53,9 @@ class SimSiam(nn.Module):
 
 def simsiam_loss(p1, p2, z1, z2) -> torch.Tensor:
     """Symmetric negative cosine with stop-gradient on z: in [-1, 1], -1 is perfect agreement."""
-    return -0.5 * (F.cosine_similarity(p1, z1.detach(), dim=1).mean() + F.cosine_similarity(p2, z2.detach(), dim=1).mean())
+    return -0.5 * (
+        F.cosine_similarity(p1, z1.detach(), dim=1).mean() + F.cosine_similarity(p2, z2.detach(), dim=1).mean()
+    )
 
 
 def collapse_std(z: torch.Tensor) -> float:
@@ -117,7 +119,9 @@ def pretrain(
     model = SimSiam(encoder).to(device)
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+        )
     n = len(images)
     per_rank = max(1, min(batch_size // world, n // world))
     steps = max(1, (n // world) // per_rank)  # drop_last: BN needs > 1 sample and even shards keep DDP in step
@@ -149,9 +153,9 @@ def pretrain(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+            total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
             spread.append(collapse_std(z1))
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if world > 1:
             import torch.distributed as dist
 

@@ -1,0 +1,103 @@
+"""Static INT8 with ONNX Runtime (QDQ, per-channel weights) and the OpenVINO IR (fp32 or NNCF INT8).
+
+Calibration uses real-looking frames (phantom or real, preprocessed exactly like the runtime does); random
+noise would calibrate activation ranges the model never sees.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+# Only the compute-heavy ops go INT8. Softmax / atan / division in the landmark geometry stay float:
+# quantising them costs accuracy in degrees for no speed.
+QUANT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def quantize_int8(
+    float_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calib: np.ndarray,
+    batch: int = 8,
+    exclude_nodes: Iterable[str] = (),
+) -> Path:
+    """Write a static INT8 QDQ model. Inputs: the float ONNX file, calibration inputs (n, 1, S, S) float32.
+
+    quant_pre_process (shape inference + graph optimisation) runs first, as ONNX Runtime recommends;
+    activations uint8 asymmetric, weights int8 symmetric per output channel, MinMax ranges.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{"image": calib[s : s + batch]} for s in range(0, len(calib), batch)])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=False)
+        quantize_static(
+            str(pre),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANT_OPS),
+            nodes_to_exclude=list(exclude_nodes),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    return out_path
+
+
+def export_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, calib: np.ndarray | None = None) -> Path:
+    """OpenVINO IR (model.xml + model.bin) from the float ONNX model; NNCF post-training INT8 when
+    ``calib`` (n, 1, S, S) is given. Weights stay fp32 in the fp32 IR (no fp16 compression: parity first)."""
+    import openvino as ov
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(str(onnx_path))
+    if calib is not None:
+        import nncf
+
+        dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+        model = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
+    xml = out_dir / "model.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def openvino_runner(xml: str | os.PathLike, threads: int = 0):
+    """A callable x (n, 1, S, S) -> {output name: array} running the IR on the CPU."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+        parts: dict[str, list] = {n: [] for n in names}
+        for s in range(0, len(x), batch):
+            result = compiled(x[s : s + batch])
+            for out, name in zip(compiled.outputs, names):
+                parts[name].append(np.asarray(result[out]))
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    return run
