@@ -112,7 +112,7 @@ def evaluate(bundle: str, seed: int = 0, device: str = "auto") -> dict:
         if not available:
             rows.append({"category": name, "unsafe": unsafe, "skipped": "data not found", "what": what})
             continue
-        counts = {"frames": 0, "ood": 0, "quality": 0, "accepted": 0, "fault": 0, "us_sufficient": 0,
+        counts = {"frames": 0, "gate": 0, "ood": 0, "quality": 0, "accepted": 0, "fault": 0, "us_sufficient": 0,
                   "sequences": 0, "sequences_reassured": 0}
         with Session(bundle, device=device) as session:
             for frames in factory():
@@ -124,6 +124,8 @@ def evaluate(bundle: str, seed: int = 0, device: str = "auto") -> dict:
                     counts["frames"] += 1
                     if event["fault"]:
                         counts["fault"] += 1
+                    elif event.get("refusal"):
+                        counts["gate"] += 1
                     elif event["out_of_distribution"]:
                         counts["ood"] += 1
                     elif (event["plane_probability"] or 0.0) < session.recommender.aggregation.quality_threshold:
@@ -137,9 +139,10 @@ def evaluate(bundle: str, seed: int = 0, device: str = "auto") -> dict:
         frames = max(counts["frames"], 1)
         rows.append({
             "category": name, "unsafe": unsafe, "what": what, **counts,
+            "refused_gate": round(counts["gate"] / frames, 3),
             "refused_ood": round(counts["ood"] / frames, 3),
             "refused_quality": round(counts["quality"] / frames, 3),
-            "refused_total": round((counts["ood"] + counts["quality"] + counts["fault"]) / frames, 3),
+            "refused_total": round((counts["gate"] + counts["ood"] + counts["quality"] + counts["fault"]) / frames, 3),
             "accepted_rate": round(counts["accepted"] / frames, 3),
         })
     unsafe_reassured = sum(r.get("us_sufficient", 0) for r in rows if r["unsafe"])
@@ -148,15 +151,16 @@ def evaluate(bundle: str, seed: int = 0, device: str = "auto") -> dict:
 
 def to_markdown(result: dict) -> str:
     lines = [
-        "| input | must refuse | frames | refused (OOD) | refused (quality gate) | accepted | us_sufficient frames |",
-        "|---|---|---|---|---|---|---|",
+        "| input | must refuse | frames | refused (image gates) | refused (OOD features) | refused (plane head) "
+        "| accepted | us_sufficient frames |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['category']} | {'yes' if r['unsafe'] else 'no'} | skipped: {r['skipped']} | | | | |")
+            lines.append(f"| {r['category']} | {'yes' if r['unsafe'] else 'no'} | skipped: {r['skipped']} | | | | | |")
             continue
         lines.append(f"| {r['category']} ({r['what']}) | {'yes' if r['unsafe'] else 'no'} | {r['frames']} | "
-                     f"{r['refused_ood']:.0%} | {r['refused_quality']:.0%} | {r['accepted_rate']:.0%} | "
+                     f"{r['refused_gate']:.0%} | {r['refused_ood']:.0%} | {r['refused_quality']:.0%} | {r['accepted_rate']:.0%} | "
                      f"{r['us_sufficient']} |")
     lines.append("")
     lines.append(f"us_sufficient frames on inputs that must be refused: **{result['unsafe_us_sufficient_frames']}**")

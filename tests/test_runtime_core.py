@@ -179,3 +179,30 @@ def test_session_on_real_onnx_runtime(tmp_path):
         assert dark[-1]["recommendation"] == "xray_recommended"
         assert math.isclose(dark[-1]["plane_probability"], 1.0, abs_tol=0.2)
         json.dumps(dark[-1])  # events are plain JSON
+
+
+def test_image_gates_refuse_flat_and_sector_frames(tmp_path):
+    """A flat frame and a fan-shaped (sector probe) image are refused before the model; a linear image is not."""
+    import cv2
+
+    from sonogate.runtime.gates import content_refusal, geometry_refusal
+    from sonogate.runtime.session import Session
+
+    assert content_refusal(np.full((32, 32), 128, np.uint8)).startswith("no image content")
+    rng = np.random.default_rng(2)
+    linear = np.zeros((240, 320, 3), np.uint8)
+    linear[20:220, 60:260] = rng.integers(20, 200, size=(200, 200, 1), dtype=np.uint8)
+    assert geometry_refusal(linear, (60, 20, 200, 200)) is None
+    fan = np.zeros((240, 320, 3), np.uint8)
+    cv2.ellipse(fan, (160, 10), (210, 210), 0, 45, 135, (255, 255, 255), -1)
+    noise = rng.integers(20, 200, size=fan.shape[:2], dtype=np.uint8)
+    fan = np.where(fan > 0, noise[:, :, None], 0).astype(np.uint8)
+    assert "sector" in geometry_refusal(fan, (100, 60, 120, 120))
+    doppler = linear.copy()
+    doppler[80:140, 100:160] = (0, 0, 255)
+    assert "colour" in geometry_refusal(doppler, (60, 20, 200, 200))
+    with Session(write_tiny_bundle(tmp_path / "b"), device="ort-cpu", detect_roi=False,
+                 config=RecommenderConfig(confirm_frames=1)) as session:
+        events = [session.process(fan) for _ in range(8)]
+    assert all(e["recommendation"] != "us_sufficient" for e in events)
+    assert "sector" in events[-1]["refusal"] and events[-1]["frame_measurements"] is None

@@ -54,6 +54,11 @@ class Preprocessor:
         self._offset = np.float32(-preprocessing.mean / preprocessing.std)
         self._interpolation = _INTERPOLATION.get(preprocessing.interpolation, cv2.INTER_AREA)
 
+    @property
+    def resized(self) -> np.ndarray:
+        """The last model-sized gray crop (uint8), reused buffer."""
+        return self._resized
+
     def crop(self, frame: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
         if roi is None:
             return frame

@@ -153,6 +153,15 @@ class Recommender:
         self.state = Recommendation.NO_RECOMMENDATION
         return Decision(self.state, Recommendation.NO_RECOMMENDATION, reason, None, 0, None, self.hip, changed)
 
+    def refuse(self, reason: str, t: float) -> Decision:
+        """A frame the image gates refused (flat, sector, colour): not measured, and while refused frames
+        arrive nothing is reassuring. The buffer keeps its recent accepted frames (they still age out)."""
+        self._buffer.expire(t, self.config.max_age_s)
+        if self.calibration is None:
+            return self._settle(Recommendation.NO_RECOMMENDATION, "no valid calibration for this bundle", None,
+                                self._buffer.count)
+        return self._settle(Recommendation.INSUFFICIENT_IMAGE, f"image refused: {reason}", None, self._buffer.count)
+
     def update(self, measurements: np.ndarray, plane_probability: float, usable: bool, t: float) -> Decision:
         """One processed frame. ``usable=False`` (out of distribution) keeps the frame out of the aggregate."""
         if not (np.all(np.isfinite(measurements)) and math.isfinite(plane_probability)):

@@ -23,6 +23,7 @@ from sonogate.calibration.calfile import CalibrationFile, load_calibration
 from sonogate.errors import CalibrationError, SonogateError
 from sonogate.runtime.bundle import Bundle
 from sonogate.runtime.engine import InferenceEngine
+from sonogate.runtime.gates import content_refusal, geometry_refusal
 from sonogate.runtime.preprocess import FrameError, Preprocessor
 from sonogate.runtime.recommend import Decision, Recommendation, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
@@ -54,6 +55,9 @@ class Session:
         self.frame_index = 0
         self.last_roi: tuple[int, int, int, int] | None = roi
         self._stage_ms = {"roi": 0.0, "preprocess": 0.0, "infer": 0.0, "decide": 0.0}
+        self._geometry_refusal: str | None = None
+        self._geometry_countdown = 0
+        self._geometry_hold = 0
         self.audit = None
         if audit is not None:
             from sonogate.runtime.audit import AuditLog
@@ -82,6 +86,7 @@ class Session:
                 dropped_frames: int = 0) -> dict[str, Any]:
         """Decide on one frame. ``frame=None`` with ``fault`` reports a capture fault (source lost...)."""
         t_capture = time.perf_counter() if t_capture is None else t_capture
+        refusal = None
         stages = self._stage_ms
         for key in stages:
             stages[key] = 0.0
@@ -98,11 +103,15 @@ class Session:
                     self.last_roi = self.roi_tracker.update(frame)
                 t1 = time.perf_counter()
                 tensor = self.preprocessor(frame, self.last_roi)
+                refusal = self._gate(frame)
                 t2 = time.perf_counter()
-                result = self.engine.infer(tensor)
+                if refusal is None:
+                    result = self.engine.infer(tensor)
                 t3 = time.perf_counter()
                 stages["roi"], stages["preprocess"], stages["infer"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-                if not result.finite:
+                if refusal is not None:
+                    decision = self.recommender.refuse(refusal, t_capture)
+                elif not result.finite:
                     fault_reason = "model output not finite"
                 else:
                     decision = self.recommender.update(result.measurements, result.plane_probability,
@@ -115,16 +124,41 @@ class Session:
         if fault_reason is not None:
             decision = self.recommender.fault(fault_reason)
         event = self._event(decision, result, t_capture, fault_reason, dropped_frames)
+        event["refusal"] = refusal if fault_reason is None else None
         if self.audit is not None:
             self.audit.record(event)
         self.frame_index += 1
         return event
+
+    GEOMETRY_EVERY = 5  # frames between sector / colour checks (about 1 ms each)
+    GEOMETRY_HOLD = 3  # further checks a refusal is kept for
+
+    def _gate(self, frame: np.ndarray) -> str | None:
+        """Image gates before the model (sonogate.runtime.gates): flat crop every frame, geometry now and then."""
+        refusal = content_refusal(self.preprocessor.resized)
+        if refusal is not None:
+            return refusal
+        if self._geometry_countdown <= 0:
+            roi = self.last_roi or (0, 0, frame.shape[1], frame.shape[0])
+            verdict = geometry_refusal(frame if frame.ndim == 3 else np.dstack([frame] * 3), roi)
+            # sticky: one sector / colour verdict holds for the next checks, so a fan that looks linear on
+            # one frame does not open a window for reassurance
+            if verdict is not None:
+                self._geometry_refusal, self._geometry_hold = verdict, self.GEOMETRY_HOLD
+            elif self._geometry_hold > 0:
+                self._geometry_hold -= 1
+            else:
+                self._geometry_refusal = None
+            self._geometry_countdown = self.GEOMETRY_EVERY
+        self._geometry_countdown -= 1
+        return self._geometry_refusal
 
     def reset(self, next_hip: bool = False, roi: tuple[int, int, int, int] | None = None) -> None:
         """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region."""
         self.recommender.reset(next_hip=next_hip)
         if self.roi_tracker is not None and self.roi_tracker.manual is None:
             self.roi_tracker.reset()  # the scanner layout may have changed between hips
+        self._geometry_countdown, self._geometry_hold, self._geometry_refusal = 0, 0, None
         if roi is not None:
             self.roi_tracker = RoiTracker(manual=roi)
             self.last_roi = roi
