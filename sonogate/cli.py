@@ -6,23 +6,13 @@ Errors the user can act on print one line on stderr and exit with code 2 (never 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from sonogate import __version__
+from sonogate.cli_types import positive_int as _positive_int
 from sonogate.errors import SonogateError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     # each stage registers its own commands; imports there are light (no torch at import time)
-    from sonogate.phantom.cli import register as register_phantom
-    from sonogate.models.cli import register as register_models
     from sonogate.calibration.cli import register as register_calibration
+    from sonogate.models.cli import register as register_models
+    from sonogate.phantom.cli import register as register_phantom
 
     register_phantom(sub)
     register_models(sub)
@@ -175,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if os.environ.get("SONOGATE_DEBUG"):
             raise
         print(f"sonogate: internal error: {type(exc).__name__}: {exc} (SONOGATE_DEBUG=1 shows the traceback)",

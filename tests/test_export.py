@@ -141,3 +141,10 @@ def test_landmark_graph_exports_with_atan2_and_matches_torch(tmp_path):
     x = np.random.default_rng(2).normal(size=(3, 1, SIZE, SIZE)).astype(np.float32)
     diffs = check_onnx(path, model, x)  # raises when ORT and torch differ by > 1e-3
     assert set(diffs) == set(OUTPUT_NAMES)
+
+
+def test_force_never_wipes_a_folder_that_is_not_a_bundle(bundle, tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(SonogateError, match="non-bundle files"):
+        export_bundle(str(bundle.parent / "run"), str(tmp_path), ExportOptions(progress=False, force=True))
+    assert (tmp_path / "notes.txt").read_text() == "precious"

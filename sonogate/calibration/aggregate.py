@@ -34,7 +34,7 @@ class AggregationRule:
         }
 
     @classmethod
-    def from_json(cls, obj: dict | None) -> "AggregationRule":
+    def from_json(cls, obj: dict | None) -> AggregationRule:
         obj = obj or {}
         method = obj.get("method", "quality_gated_median")
         if method != "quality_gated_median":

@@ -75,7 +75,7 @@ class MeasurementCalibration:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "MeasurementCalibration":
+    def from_json(cls, obj: dict[str, Any]) -> MeasurementCalibration:
         side = obj["side"]
         if side not in ("lower", "upper"):
             raise ValueError(f"side must be lower or upper, got {side!r}")
@@ -133,7 +133,7 @@ class CalibrationFile:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "CalibrationFile":
+    def from_json(cls, obj: dict[str, Any]) -> CalibrationFile:
         if obj.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version must be {FORMAT_VERSION}")
         return cls(

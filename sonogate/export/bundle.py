@@ -123,6 +123,27 @@ def _versions() -> dict:
     return v
 
 
+BUNDLE_ENTRIES = {FLOAT_FILE, INT8_FILE, OPENVINO_DIR, OOD_FILE, PARITY_FILE, "manifest.json", "calibration.json"}
+
+
+def _prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """Create the bundle folder. A non-empty one is replaced only with ``force`` and only when it holds
+    nothing but bundle files: --force must never wipe a folder that was not a bundle (a typo such as --out .)."""
+    import shutil
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise SonogateError(f"bundle folder {out_dir} is not empty (use --force to overwrite)")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in BUNDLE_ENTRIES)
+        if foreign:
+            raise SonogateError(
+                f"refusing to overwrite {out_dir}: it holds non-bundle files ({', '.join(foreign[:3])})"
+            )
+        for entry in out_dir.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log: Callable[[str], None] = print) -> str:
     """Export RUN_DIR (from ``sonogate train``) to the bundle folder ``out``. Returns the manifest sha256.
 
@@ -140,13 +161,7 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
     model = build_model(ckpt)
     pre = Preprocessing(height=cfg["size"], width=cfg["size"], mean=cfg["mean"], std=cfg["std"])
     out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not opts.force:
-            raise SonogateError(f"bundle folder {out_dir} is not empty (use --force to overwrite)")
-        import shutil
-
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir, opts.force)
 
     # Data: calibration frames from training infants (or --calib-data), parity on held-out infants.
     train_data = Path(ckpt["data"]["path"])

@@ -23,7 +23,7 @@ class DemoRecipe:
     """Sizes of the demo data and training (defaults: the committed demo bundle)."""
 
     n_train: int = 1000
-    n_unlabelled: int = 0
+    n_unlabelled: int = 600
     n_val: int = 240
     n_calib: int = 300
     size: int = 160
@@ -31,11 +31,14 @@ class DemoRecipe:
     ssl_size: int = 96
     ssl_lr: float = 0.2
     head: str = "landmark"
-    head_epochs: int = 60
+    head_epochs: int = 40
+    head_augment: int = 3
     finetune_last_stage: bool = False
 
 
-QUICK = DemoRecipe(n_train=60, n_val=20, n_calib=20, size=64, ssl_epochs=1, ssl_size=64, head_epochs=3)
+QUICK = DemoRecipe(
+    n_train=60, n_unlabelled=0, n_val=20, n_calib=20, size=64, ssl_epochs=1, ssl_size=64, head_epochs=3, head_augment=1
+)
 
 
 def make_demo_bundle(
@@ -70,7 +73,8 @@ def make_demo_bundle(
     cfg = TrainConfig(
         data=str(train), out=str(work_dir / "run"), unlabelled=unlabelled, val_data=str(val), size=recipe.size,
         ssl_epochs=recipe.ssl_epochs, ssl_size=recipe.ssl_size, ssl_lr=recipe.ssl_lr, head=recipe.head,
-        head_epochs=recipe.head_epochs, finetune_last_stage=recipe.finetune_last_stage, seed=seed, progress=progress,
+        head_epochs=recipe.head_epochs, head_augment=recipe.head_augment, finetune_last_stage=recipe.finetune_last_stage,
+        seed=seed, progress=progress,
     )  # fmt: skip
     metrics = run_training(cfg, log=lambda m: print(m, file=sys.stderr))
     timings["train_s"] = round(time.time() - t0, 1)

@@ -75,8 +75,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--head-augment",
         type=_non_negative_int,
-        default=0,
-        help="warped + intensity-jittered copies per frame for head fitting (device robustness)",
+        help="warped + scanner-jittered copies per frame for head fitting (default: 3 for landmark, 0 for mlp)",
     )
     p.add_argument("--finetune-last-stage", action="store_true", help="also train the encoder's layer4 (lower lr)")
     p.add_argument("--batch-size", type=_positive(int), default=64)
@@ -128,7 +127,7 @@ def train_handler(args: argparse.Namespace) -> int:
         head_epochs=args.head_epochs,
         head=args.head,
         finetune_last_stage=args.finetune_last_stage,
-        head_augment=args.head_augment,
+        head_augment=args.head_augment if args.head_augment is not None else (3 if args.head == "landmark" else 0),
         batch_size=args.batch_size,
         heldout_fraction=args.heldout_fraction,
         seed=args.seed,

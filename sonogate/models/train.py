@@ -6,8 +6,10 @@ standardised targets, trained on standard-plane frames only; a 512 -> 128 -> 1 p
 trained on all frames. Options beyond the paper: ``head="landmark"`` (Graf landmarks -> geometry) and
 ``finetune_last_stage`` (layer4 trained with the heads at a lower learning rate).
 
-Because the encoder (or everything up to layer3) is frozen, its outputs are computed once and cached; the
-heads then train on the cache in seconds to minutes on a CPU. No augmentation is applied at this stage.
+Because the encoder (or everything below layer4) is frozen, its outputs are computed once and cached; the
+heads then train on the cache in minutes on a CPU. Augmentation at this stage means a fixed number of warped,
+scanner-jittered copies per frame (``head_augment``), encoded once like the originals. 15 % of the training
+infants pick the head epoch that is kept.
 """
 
 from __future__ import annotations
@@ -519,10 +521,9 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.ssl_epochs > 0:
         if len(ssl_images) < 2 * world:
             raise DataError(f"SimSiam needs at least {2 * world} images; have {len(ssl_images)}")
-        aug = AugmentConfig(
-            out_size=cfg.ssl_size or cfg.size, scale=(cfg.ssl_crop_scale, 1.0),
-            lowres_p=cfg.scanner_aug, speckle_p=cfg.scanner_aug, band_p=cfg.scanner_aug,
-        )  # fmt: skip
+        # Crop, intensity / contrast / gamma, blur, noise. The scanner-variation extras used for the heads
+        # (coarse resolution, speckle grain, side bands) did not help here (docs/accuracy.md).
+        aug = AugmentConfig(out_size=cfg.ssl_size or cfg.size, scale=(cfg.ssl_crop_scale, 1.0))
         ssl_history = pretrain(
             encoder, ssl_images, epochs=cfg.ssl_epochs, batch_size=cfg.batch_size, base_lr=cfg.ssl_lr, aug=aug,
             mean=cfg.mean, std=cfg.std, device=device, seed=cfg.seed, progress=progress, log=log,

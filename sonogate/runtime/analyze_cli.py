@@ -5,18 +5,9 @@ Imports stay light here (argparse only): the heavy modules load when the command
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
+from sonogate.cli_types import positive_int as _threads
 
 
 def register(subparsers) -> None:

@@ -56,7 +56,7 @@ class Preprocessing:
     input_name: str = "image"
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Preprocessing":
+    def from_json(cls, obj: dict[str, Any]) -> Preprocessing:
         return cls(
             height=int(obj["height"]),
             width=int(obj["width"]),

@@ -56,7 +56,7 @@ class OodModel:
         self._centred = np.empty_like(self.mean)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "OodModel | None":
+    def from_bundle(cls, bundle: Bundle) -> OodModel | None:
         entry = bundle.manifest.get("ood")
         if not entry:
             return None

@@ -25,7 +25,7 @@ from sonogate.runtime.bundle import Bundle
 from sonogate.runtime.engine import InferenceEngine
 from sonogate.runtime.gates import content_refusal, geometry_refusal
 from sonogate.runtime.preprocess import FrameError, Preprocessor
-from sonogate.runtime.recommend import Decision, Recommendation, Recommender, RecommenderConfig
+from sonogate.runtime.recommend import Decision, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
 from sonogate.runtime.signing import load_verified_bundle
 
@@ -202,7 +202,7 @@ class Session:
             self.audit.close()
             self.audit = None
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc) -> None:
