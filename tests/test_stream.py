@@ -132,3 +132,44 @@ def test_stream_source_type_and_timeouts(tmp_path):
             src.close()
     finally:
         stop_sender(sender)
+
+
+def test_runtime_on_a_udp_stream_says_no_recommendation_during_the_gap(tmp_path):
+    """The whole runtime (LivePipeline + Session + real ONNX Runtime) on a UDP stream: kill and restart the
+    sender mid-run; the events show no_recommendation while the source is lost and measured frames after."""
+    import json
+    import threading
+
+    from sonogate.runtime.pipeline import LivePipeline, PipelineOptions
+    from sonogate.runtime.session import Session
+    from tests.tiny_bundle import write_tiny_bundle
+
+    video = write_video(tmp_path / "test.mp4")
+    port = free_udp_port()
+    url = f"udp://127.0.0.1:{port}"
+    events_path = tmp_path / "events.jsonl"
+    sender = start_sender(video, port)
+    try:
+        session = Session(write_tiny_bundle(tmp_path / "b"), device="ort-cpu", roi=(0, 0, 160, 120))
+        pipeline = LivePipeline(session, PipelineOptions(source=url, headless=True, events_path=str(events_path),
+                                                         max_seconds=9.0))
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+        time.sleep(2.5)
+        stop_sender(sender)
+        sender = None
+        time.sleep(2.5)
+        sender = start_sender(video, port)
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+    finally:
+        stop_sender(sender)
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    frames = [e for e in events if not e.get("summary")]
+    lost = [i for i, e in enumerate(frames) if e["fault"] and e["fault"].startswith("source")]
+    assert lost, "no source-lost event during the gap"
+    assert all(frames[i]["recommendation"] == "no_recommendation" for i in lost)
+    measured_before = [e for e in frames[: lost[0]] if e["frame_measurements"] is not None]
+    measured_after = [e for e in frames[lost[-1] + 1:] if e["frame_measurements"] is not None]
+    assert measured_before and measured_after, "frames were not measured before and after the gap"
+    assert events[-1]["summary"] is True and events[-1]["faults"]
