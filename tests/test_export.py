@@ -148,3 +148,8 @@ def test_force_never_wipes_a_folder_that_is_not_a_bundle(bundle, tmp_path):
     with pytest.raises(SonogateError, match="non-bundle files"):
         export_bundle(str(bundle.parent / "run"), str(tmp_path), ExportOptions(progress=False, force=True))
     assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_shipped_graph_carries_no_local_paths(bundle):
+    data = (bundle / "model.onnx").read_bytes()
+    assert b"/work/" not in data and b"stack_trace" not in data

@@ -41,7 +41,19 @@ def export_onnx(model, path: str | os.PathLike, size: int, output_names: tuple[s
             verbose=False,
         )
         program.save(str(path), external_data=False)
+    _strip_node_metadata(path)
     return path
+
+
+def _strip_node_metadata(path: Path) -> None:
+    """Drop the exporter's per-node metadata (Python stack traces with this machine's file paths, FX
+    dumps): it is not needed to run the model and does not belong in a shipped file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def ort_session(path: str | os.PathLike, threads: int = 0):
