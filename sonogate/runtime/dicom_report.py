@@ -345,23 +345,28 @@ def build_sr(image, groups: Sequence[ReportGroup], algorithm: AlgorithmInfo, *,
     return sr
 
 
-def write_sr(path: str | os.PathLike, image, groups: Sequence[ReportGroup], algorithm: AlgorithmInfo, **kwargs):
-    """Build and save the SR; returns the dataset. Raises ReportError (one line)."""
+def _build_and_save(path, image, what: str, build):
+    """Build a DICOM object with ``build()`` and save it; any failure is one ReportError line."""
     path = Path(path)
     _check_destination(path)
     try:
         with _quiet():
-            sr = build_sr(image, groups, algorithm, **kwargs)
+            dataset = build()
     except SonogateError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ReportError(f"{image.name}: cannot build the structured report ({type(exc).__name__}: "
+        raise ReportError(f"{image.name}: cannot build the {what} ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:160]})") from None
     try:
-        sr.save_as(path, enforce_file_format=True)
+        dataset.save_as(path, enforce_file_format=True)
     except OSError as exc:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return sr
+    return dataset
+
+
+def write_sr(path: str | os.PathLike, image, groups: Sequence[ReportGroup], algorithm: AlgorithmInfo, **kwargs):
+    """Build and save the SR; returns the dataset. Raises ReportError (one line)."""
+    return _build_and_save(path, image, "structured report", lambda: build_sr(image, groups, algorithm, **kwargs))
 
 
 # -- SC -------------------------------------------------------------------------------------------------------
@@ -428,21 +433,8 @@ def _source_image_item(ref):
 
 def write_sc(path: str | os.PathLike, image, annotated_bgr: np.ndarray, algorithm: AlgorithmInfo, **kwargs):
     """Build and save the Secondary Capture; returns the dataset. Raises ReportError (one line)."""
-    path = Path(path)
-    _check_destination(path)
-    try:
-        with _quiet():
-            sc = build_sc(image, annotated_bgr, algorithm, **kwargs)
-    except SonogateError:
-        raise
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ReportError(f"{image.name}: cannot build the secondary capture ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:160]})") from None
-    try:
-        sc.save_as(path, enforce_file_format=True)
-    except OSError as exc:
-        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return sc
+    return _build_and_save(path, image, "secondary capture",
+                           lambda: build_sc(image, annotated_bgr, algorithm, **kwargs))
 
 
 # -- reading our SR back --------------------------------------------------------------------------------------
