@@ -335,8 +335,13 @@ class DicomCineSource(ArraySource):
     Frames come from ``sonogate.data.dicom``: ``iter_dicom_frames(path)`` (decoded one at a time, bounded
     memory for long cines) when it exists, else ``read_dicom_frames(path) -> (F, H, W, 3)``. The frame rate is
     ``fps`` if given, else ``read_dicom_fps(path)`` (Frame Time / Cine Rate) when the file has one, else 30.
-    A file the DICOM reader rejects raises SourceError with its reason.
+    A file the DICOM reader rejects raises SourceError with its reason. ``mm_per_pixel`` ((x, y) in mm, or None)
+    and ``spacing_source`` ("ultrasound_regions", "pixel_spacing" or None) come from the header, as
+    ``sonogate.data.dicom.DicomImage`` reads them; the runtime prefers them to the scanner's depth ruler.
     """
+
+    mm_per_pixel: tuple[float, float] | None = None
+    spacing_source: str | None = None
 
     def __init__(self, path: str | os.PathLike, *, loop: bool = False, realtime: bool = True, fps: float | None = None):
         path = Path(path)
@@ -373,6 +378,13 @@ class DicomCineSource(ArraySource):
         except SonogateError as exc:  # DataError from the reader: corrupt file, no decoder, ...
             raise SourceError(f"cannot open source '{spec}': {exc}") from None
         super().__init__(f"dicom:{path.name}", frames, rate or 30.0, loop=loop, realtime=realtime)
+        read_header = getattr(dicom_io, "read_dicom", None)
+        try:  # the physical scale is optional: a header it cannot be read from leaves it None
+            header = read_header(path, load_frames=False) if read_header is not None else None
+        except Exception:  # noqa: BLE001
+            header = None
+        if header is not None:
+            self.mm_per_pixel, self.spacing_source = header.mm_per_pixel, header.spacing_source
 
     def _next(self) -> np.ndarray | None:
         try:

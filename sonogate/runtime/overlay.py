@@ -1,4 +1,5 @@
-"""Draw what the sonographer sees: recommendation banner, measurements with bounds, Graf type, quality, speed.
+"""Draw what the sonographer sees: recommendation banner, measurements with bounds, Graf type, quality, speed,
+and a 1 cm scale bar in the image when the event carries ``mm_per_pixel``.
 
 Input: the captured BGR frame, the ROI, and the event dict of that frame. Output: an annotated BGR image
 (the frame is copied into a reused canvas; the capture buffer is never written to).
@@ -44,6 +45,7 @@ class OverlayRenderer:
         if roi is not None:
             x, y, w, h = (int(v) for v in roi)
             cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), colour, 2)
+        _scale_bar(canvas, roi if roi is not None else (0, 0, width, height), event.get("mm_per_pixel"))
 
         # banner across the image: the recommendation in large type
         text = DISPLAY_TEXT.get(Recommendation(recommendation), recommendation)
@@ -106,6 +108,27 @@ class OverlayRenderer:
         cv2.putText(canvas, "keys: f freeze  r reset  n next hip  q quit", (x0, shape[0] - 12), FONT, 0.38,
                     (150, 150, 150), 1, cv2.LINE_AA)
         return canvas
+
+
+def _scale_bar(canvas: np.ndarray, roi, mm_per_pixel: float | None) -> None:
+    """A vertical 1 cm bar with end caps in the ROI's lower left corner, when the scale is known and the bar fits.
+
+    Vertical because the scale is measured along the depth axis (the ruler, or the DICOM row spacing).
+    """
+    if not mm_per_pixel or mm_per_pixel <= 0:
+        return
+    x, y, w, h = (int(v) for v in roi)
+    length = round(10.0 / mm_per_pixel)
+    if length < 6 or length > 0.8 * h or w < 40:
+        return
+    x0, y1 = x + 12, y + h - 12
+    y0 = y1 - length
+    for thickness, shade in ((4, (0, 0, 0)), (2, (255, 255, 255))):  # dark outline, white bar: readable on any echo
+        cv2.line(canvas, (x0, y0), (x0, y1), shade, thickness)
+        cv2.line(canvas, (x0 - 4, y0), (x0 + 4, y0), shade, thickness)
+        cv2.line(canvas, (x0 - 4, y1), (x0 + 4, y1), shade, thickness)
+    cv2.putText(canvas, "1 cm", (x0 + 8, y1 - length // 2 + 5), FONT, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(canvas, "1 cm", (x0 + 8, y1 - length // 2 + 5), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def _wrap(text: str, width: int) -> list[str]:

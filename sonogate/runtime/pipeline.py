@@ -53,6 +53,8 @@ class LivePipeline:
         # open once in the foreground so a bad source is a clear error before any thread starts
         probe = open_source(options.source, loop=options.loop, realtime=options.realtime)
         self.source_fps = probe.fps or 30.0
+        if getattr(probe, "mm_per_pixel", None) is not None:  # a DICOM source's spacing beats the depth ruler
+            session.set_source_scale(probe.mm_per_pixel, getattr(probe, "spacing_source", None))
         probe.close()
 
     def _source_factory(self):

@@ -15,8 +15,9 @@ rulers with tick marks, logos, icons and black borders. ``detect_roi(frame)`` re
 ``RoiTracker`` runs the detector on the first frame and then only every ``redetect_every`` frames, keeps the
 locked box while new detections agree with it (so the crop does not jitter), and switches when two detections
 in a row agree on a different box (the sonographer changed depth or layout). A manual ROI (``--roi x,y,w,h``,
-see ``parse_roi``) bypasses detection. Physical scale from the ruler and DICOM Ultrasound Regions are not
-handled here yet.
+see ``parse_roi``) bypasses detection. Physical scale is not this module's job: ``sonogate.runtime.scale`` reads
+the depth ruler beside the box found here, and ``Session`` prefers a DICOM source's Ultrasound Regions / Pixel
+Spacing when there is one (events' ``mm_per_pixel`` and ``scale_source``, docs/events.md).
 """
 
 from __future__ import annotations

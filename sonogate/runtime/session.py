@@ -7,6 +7,12 @@
 
 Stages per frame (each timed): roi -> preprocess -> infer -> decide. Any failure inside a stage becomes a
 "no_recommendation" event with ``fault`` set; ``process`` itself never raises for a bad frame.
+
+Physical scale (events' ``mm_per_pixel`` / ``scale_source``): a capture source's DICOM spacing
+(``set_source_scale``; Ultrasound Regions or Pixel Spacing) takes precedence; otherwise the scanner's depth
+ruler beside the ROI is measured (``sonogate.runtime.scale``) when the ROI changes, after ``reset`` and every
+``RULER_RECHECK_EVERY`` frames, never on every frame. The measurements are angles and ratios and do not use it:
+the scale is for display (the overlay's 1 cm bar) and reports.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from sonogate.runtime.gates import content_refusal, geometry_refusal
 from sonogate.runtime.preprocess import FrameError, Preprocessor
 from sonogate.runtime.recommend import Decision, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
+from sonogate.runtime.scale import RulerScale, estimate_ruler_scale
 from sonogate.runtime.signing import load_verified_bundle
+
+# DicomImage.spacing_source (or an event's name for it) -> the event's scale_source
+_SCALE_SOURCES = {"ultrasound_regions": "dicom_regions", "dicom_regions": "dicom_regions",
+                  "pixel_spacing": "pixel_spacing", "imager_pixel_spacing": "pixel_spacing"}
 
 
 class Session:
@@ -58,6 +69,13 @@ class Session:
         self._geometry_refusal: str | None = None
         self._geometry_countdown = 0
         self._geometry_hold = 0
+        # physical scale (display / reports only): from the source's DICOM header, else the depth ruler
+        self.mm_per_pixel: float | None = None
+        self.scale_source: str | None = None
+        self.ruler: RulerScale | None = None
+        self._source_scale: tuple[float, str] | None = None
+        self._scale_roi: tuple[int, int, int, int] | None = None  # the ROI the ruler was last looked for beside
+        self._scale_age = 0
         self.audit = None
         if audit is not None:
             from sonogate.runtime.audit import AuditLog
@@ -101,6 +119,7 @@ class Session:
                     raise FrameError(f"frame is not a 2-D or 3-D image array ({type(frame).__name__})")
                 if self.roi_tracker is not None:
                     self.last_roi = self.roi_tracker.update(frame)
+                self._update_scale(frame)
                 t1 = time.perf_counter()
                 tensor = self.preprocessor(frame, self.last_roi)
                 refusal = self._gate(frame)
@@ -153,12 +172,52 @@ class Session:
         self._geometry_countdown -= 1
         return self._geometry_refusal
 
+    RULER_RECHECK_EVERY = 150  # frames between ruler checks on an unchanged ROI (a depth change may keep the box)
+
+    def set_source_scale(self, mm_per_pixel: float | tuple[float, float] | None, spacing_source: str | None) -> None:
+        """Use the capture source's physical scale instead of the depth ruler (None: back to the ruler).
+
+        Inputs: ``mm_per_pixel`` as a DICOM reader gives it (``DicomImage.mm_per_pixel``: a float or (x, y) in mm;
+        the vertical, depth, spacing is reported) and ``spacing_source`` ("ultrasound_regions" / "dicom_regions",
+        "pixel_spacing", "imager_pixel_spacing"). Events then say ``scale_source`` "dicom_regions" or
+        "pixel_spacing". Pixels of the frames must be the DICOM's own (no rescaling between).
+        """
+        if mm_per_pixel is None:
+            self._source_scale = None
+            self._scale_roi, self.mm_per_pixel, self.scale_source = None, None, None
+            return
+        values = [float(v) for v in np.atleast_1d(mm_per_pixel)]
+        value = values[-1]  # (x, y): y is the depth axis, which the ruler measures too
+        source = _SCALE_SOURCES.get(str(spacing_source))
+        if source is None or not (math.isfinite(value) and value > 0):
+            raise SonogateError(f"unusable source scale {mm_per_pixel!r} ({spacing_source!r})")
+        self._source_scale = (value, source)
+        self.ruler = None
+        self.mm_per_pixel, self.scale_source = value, source
+
+    def _update_scale(self, frame: np.ndarray) -> None:
+        """Measure the depth ruler when the ROI changed (or after ``RULER_RECHECK_EVERY`` frames); cheap otherwise."""
+        if self._source_scale is not None or self.last_roi is None:
+            return
+        self._scale_age += 1
+        if self.last_roi == self._scale_roi and self._scale_age < self.RULER_RECHECK_EVERY:
+            return
+        self._scale_roi, self._scale_age = self.last_roi, 0
+        try:
+            self.ruler = estimate_ruler_scale(frame, self.last_roi)
+        except Exception:  # noqa: BLE001 - the scale is for display: it must never stop the cart
+            self.ruler = None
+        # not found (a menu over the ruler, a new depth): no scale rather than a stale one
+        self.mm_per_pixel = None if self.ruler is None else self.ruler.mm_per_pixel
+        self.scale_source = None if self.ruler is None else self.ruler.source
+
     def reset(self, next_hip: bool = False, roi: tuple[int, int, int, int] | None = None) -> None:
         """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region."""
         self.recommender.reset(next_hip=next_hip)
         if self.roi_tracker is not None and self.roi_tracker.manual is None:
             self.roi_tracker.reset()  # the scanner layout may have changed between hips
         self._geometry_countdown, self._geometry_hold, self._geometry_refusal = 0, 0, None
+        self._scale_roi = None  # look for the ruler again on the next frame
         if roi is not None:
             self.roi_tracker = RoiTracker(manual=roi)
             self.last_roi = roi
@@ -186,10 +245,14 @@ class Session:
             else round(result.plane_probability, 4),
             "ood_distance": None if result is None or result.ood_distance is None
             or not math.isfinite(result.ood_distance) else round(result.ood_distance, 3),
+            "image_ood_distance": None if result is None or result.image_ood_distance is None
+            or not math.isfinite(result.image_ood_distance) else round(result.image_ood_distance, 3),
             "out_of_distribution": None if result is None else bool(result.out_of_distribution),
             "accepted_frames": decision.accepted_frames,
             "dropped_frames": dropped,
             "roi": None if self.last_roi is None else [int(v) for v in self.last_roi],
+            "mm_per_pixel": None if self.mm_per_pixel is None else round(self.mm_per_pixel, 6),
+            "scale_source": self.scale_source,
             "fault": fault,
             "device": self.engine.device_name,
             "bundle_sha256": self.bundle.bundle_hash,
