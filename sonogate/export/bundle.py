@@ -26,6 +26,7 @@ from sonogate.export.onnx_export import INPUT_NAME, check_onnx, export_onnx, ort
 from sonogate.export.ood import OOD_FILE, mahalanobis, save_ood
 from sonogate.measurements import US_MEASUREMENTS
 from sonogate.runtime.bundle import Preprocessing, write_manifest
+from sonogate.runtime.image_stats import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
 
 FLOAT_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -313,7 +314,13 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
         log(f"openvino: kept {chosen}")
 
     # 4. OOD statistics (fitted at training time on the float features).
-    save_ood(out_dir / OOD_FILE, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in ood.items()})
+    image_ood = ckpt.get("image_ood")
+    if image_ood is not None:
+        image_ood = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in image_ood.items()}
+    else:
+        log("warning: the checkpoint has no image-statistics OOD fit (trained before it existed): the bundle "
+            "will only have the feature check")
+    save_ood(out_dir / OOD_FILE, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in ood.items()}, image_ood)
     (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
 
     metrics = ckpt.get("metrics", {})
@@ -342,6 +349,18 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
             "threshold": float(ood["threshold"]),
             "percentile": float(ood["percentile"]),
             "fitted_on": "float-model features of training standard-plane frames; threshold from held-out infants",
+            **(
+                {
+                    "image_descriptor": DESCRIPTOR_VERSION,
+                    "image_keys": {"image_mean": f"({DESCRIPTOR_DIM},)", "image_precision": "inverse covariance",
+                                   "image_threshold": "scalar"},
+                    "image_threshold": float(image_ood["threshold"]),
+                    "image_fitted_on": "model-input image statistics of all training frames; threshold from "
+                    "held-out infants",
+                }
+                if image_ood is not None
+                else {}
+            ),
         },
         "parity": {"file": PARITY_FILE},
         "model": {

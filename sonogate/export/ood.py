@@ -41,6 +41,9 @@ def fit_ood(train_feats: np.ndarray, heldout_feats: np.ndarray, percentile: floa
     Output: dict with mean (d,), precision (d, d) float64, threshold, percentile, shrinkage and counts."""
     train_feats = np.asarray(train_feats, dtype=np.float64)
     cov, shrink = ledoit_wolf(train_feats)
+    # a constant dimension (or identical frames) would make the covariance singular: a tiny ridge keeps it
+    # invertible without changing any well-conditioned fit
+    cov[np.diag_indices_from(cov)] += 1e-12 + 1e-9 * float(np.trace(cov)) / len(cov)
     mean = train_feats.mean(0)
     precision = np.linalg.inv(cov)
     ref = heldout_feats if len(heldout_feats) else train_feats
@@ -56,10 +59,22 @@ def fit_ood(train_feats: np.ndarray, heldout_feats: np.ndarray, percentile: floa
     }
 
 
-def save_ood(path: str | Path, stats: dict) -> None:
-    """Write ``ood.npz``: mean (512,) and precision (512, 512) as float32, threshold/percentile/... scalars."""
+def save_ood(path: str | Path, stats: dict, image_stats: dict | None = None) -> None:
+    """Write ``ood.npz``: mean (512,) and precision (512, 512) as float32, threshold/percentile/... scalars;
+    with ``image_stats`` (a ``fit_ood`` dict on ``sonogate.runtime.image_stats`` descriptors) also
+    ``image_mean``, ``image_precision`` (float64: the descriptor has a few dozen dimensions) and
+    ``image_threshold``."""
+    extra = {}
+    if image_stats is not None:
+        extra = {
+            "image_mean": np.asarray(image_stats["mean"], dtype=np.float64),
+            "image_precision": np.asarray(image_stats["precision"], dtype=np.float64),
+            "image_threshold": np.float64(image_stats["threshold"]),
+            "image_percentile": np.float64(image_stats["percentile"]),
+        }
     np.savez(
         path,
+        **extra,
         mean=np.asarray(stats["mean"], dtype=np.float32),
         precision=np.asarray(stats["precision"], dtype=np.float32),
         threshold=np.float64(stats["threshold"]),

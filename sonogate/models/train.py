@@ -38,6 +38,7 @@ from sonogate.models.encoder import Encoder, pool
 from sonogate.models.geometry import line_aware_error
 from sonogate.models.network import US_NAMES, HipUSNet
 from sonogate.models.simsiam import init_distributed, params_checksum, pretrain
+from sonogate.runtime.image_stats import describe_images
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -562,6 +563,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     std_held = held_folder.standard_plane()
     ood = fit_ood(pred_train["features"][std_train], pred_held["features"][std_held])
     metrics["ood"] = {"threshold": ood["threshold"], "percentile": ood["percentile"], "shrinkage": ood["shrinkage"]}
+    # Image statistics of every training frame (defects included: they are in-domain pictures); the check the
+    # invariant encoder features cannot do (sonogate.runtime.image_stats).
+    image_ood = fit_ood(describe_images(images[train_idx]), describe_images(images[held_idx]))
+    metrics["image_ood"] = {"threshold": image_ood["threshold"], "percentile": image_ood["percentile"]}
     if cfg.val_data:
         val = read_labelled_folder(cfg.val_data)
         val_images, _ = load_resized(val.image_paths, cfg.size, progress, "load val", val.rois())
@@ -572,6 +577,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         dist = mahalanobis(pred_val["features"][val.standard_plane()], ood["mean"], ood["precision"])
         metrics["val"]["ood_flagged_fraction"] = (
             round(float((dist > ood["threshold"]).mean()), 4) if len(dist) else None
+        )
+        image_dist = mahalanobis(describe_images(val_images), image_ood["mean"], image_ood["precision"])
+        metrics["val"]["image_ood_flagged_fraction"] = (
+            round(float((image_dist > image_ood["threshold"]).mean()), 4) if len(image_dist) else None
         )
     metrics["ssl"] = {"epochs": cfg.ssl_epochs, "n_images": len(ssl_images), "history": ssl_history, **ddp_info}
     metrics["heads"] = {"best_epoch": heads["best_epoch"], "last": heads["history"][-1] if heads["history"] else None}
@@ -592,6 +601,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "landmark_names": landmark_names,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "ood": {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in ood.items()},
+        "image_ood": {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in image_ood.items()},
         "data": {
             "path": str(Path(cfg.data).resolve()),
             "unlabelled": [str(Path(d).resolve()) for d in cfg.unlabelled],

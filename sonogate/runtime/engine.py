@@ -13,6 +13,7 @@ import numpy as np
 
 from sonogate.errors import BundleError
 from sonogate.runtime.bundle import Bundle
+from sonogate.runtime.image_stats import DESCRIPTOR_VERSION, ImageStats
 
 
 @dataclass
@@ -23,6 +24,9 @@ class FrameResult:
     plane_probability: float
     ood_distance: float | None  # Mahalanobis distance of the features to the training set (None: no OOD model)
     ood_threshold: float | None
+    # Mahalanobis distance of the input's image statistics to the training frames (None: bundle without it)
+    image_ood_distance: float | None = None
+    image_ood_threshold: float | None = None
 
     @property
     def finite(self) -> bool:
@@ -30,9 +34,12 @@ class FrameResult:
 
     @property
     def out_of_distribution(self) -> bool:
-        if self.ood_distance is None or self.ood_threshold is None:
-            return False
-        return not (self.ood_distance <= self.ood_threshold)  # NaN counts as out of distribution
+        """Either check says so. NaN counts as out of distribution."""
+        for distance, threshold in ((self.ood_distance, self.ood_threshold),
+                                    (self.image_ood_distance, self.image_ood_threshold)):
+            if distance is not None and threshold is not None and not (distance <= threshold):
+                return True
+        return False
 
 
 def _sigmoid(logit: float) -> float:
@@ -56,13 +63,18 @@ class OodModel:
         self._centred = np.empty_like(self.mean)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> OodModel | None:
+    def from_bundle(cls, bundle: Bundle, prefix: str = "") -> OodModel | None:
+        """The feature check (``prefix`` "") or the image-statistics check (``prefix`` "image_") of a bundle;
+        None when the bundle has none (an image check named in the manifest but absent is an error)."""
         entry = bundle.manifest.get("ood")
-        if not entry:
+        if not entry or (prefix and "image_descriptor" not in entry):
             return None
+        if prefix and entry["image_descriptor"] != DESCRIPTOR_VERSION:
+            raise BundleError(f"bundle image statistics are {entry['image_descriptor']!r}; this runtime computes "
+                              f"{DESCRIPTOR_VERSION!r}")
         try:
             with np.load(bundle.file(entry["file"])) as data:
-                return cls(data["mean"], data["precision"], float(data["threshold"]))
+                return cls(data[prefix + "mean"], data[prefix + "precision"], float(data[prefix + "threshold"]))
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"bundle OOD statistics {entry.get('file')} are unreadable: {exc}") from None
 
@@ -97,6 +109,9 @@ class InferenceEngine:
         self.variant = choose_variant(bundle, precision)
         self.backend, self.device_note = create_backend(bundle.model_path(self.variant), device=device, threads=threads)
         self.ood = OodModel.from_bundle(bundle)
+        self.image_ood = OodModel.from_bundle(bundle, prefix="image_")
+        self.image_stats = ImageStats()
+        self._norm = (float(bundle.preprocessing.mean), float(bundle.preprocessing.std))
         self.n_measurements = len(bundle.measurement_names)
 
     @property
@@ -117,9 +132,14 @@ class InferenceEngine:
         distance = None
         if self.ood is not None and "features" in outputs:
             distance = self.ood.distance(np.asarray(outputs["features"]))
+        image_distance = None
+        if self.image_ood is not None:
+            image_distance = self.image_ood.distance(self.image_stats(tensor, *self._norm))
         return FrameResult(
             measurements=measurements,
             plane_probability=plane_probability,
             ood_distance=distance,
             ood_threshold=None if self.ood is None else self.ood.threshold,
+            image_ood_distance=image_distance,
+            image_ood_threshold=None if self.image_ood is None else self.image_ood.threshold,
         )
