@@ -68,6 +68,13 @@ def register(subparsers) -> None:
     p.add_argument("--affine-fraction", type=float, default=0.5, help="share of subjects fitting the affine")
     p.add_argument("--pac-gamma", metavar="G", help="training-conditional radius: coverage >= 1-delta w.p. >= 1-G")
     p.add_argument("--out", metavar="FILE.json", help="output (default BUNDLE/calibration.json with --bundle)")
+    p.add_argument(
+        "--modality",
+        choices=("auto", "us", "xr"),
+        default="auto",
+        help="xr: pelvic X-ray bounds per radiograph (AI upper, CE lower; docs/xray.md); auto: xr when the "
+        "bundle's task is hip_xr (default)",
+    )
     p.set_defaults(func=cmd_calibrate)
 
     r = subparsers.add_parser(
@@ -142,6 +149,10 @@ def _load_table(args):
 
 
 def cmd_calibrate(args) -> int:
+    from sonogate.calibration.xr import cmd_calibrate_xr, is_xr_request
+
+    if is_xr_request(args):
+        return cmd_calibrate_xr(args)
     from sonogate.calibration.fit import fit_calibration, requirement_text
     from sonogate.calibration.rules import describe_rule
 

@@ -120,35 +120,58 @@ def _strip_suffix(name: str) -> str:
 
 # -- X-ray model ----------------------------------------------------------------------------------------------
 class XrayModel:
-    """The X-ray bundle: a bundle (docs/bundle.md) whose ONNX model outputs ``measurements`` including
-    ``ai_deg`` and ``ce_deg`` for ONE hip, with an optional calibration.json (``ai_deg`` side "upper",
-    ``ce_deg`` side "lower") bound to it.
+    """The X-ray bundle with its optional calibration.json (``ai_deg`` side "upper", ``ce_deg`` side "lower")
+    bound to it.
 
-    Per radiograph (AP pelvis) the image is split at the vertical midline; each half, the patient's left one
-    mirrored so both hips face the same way, goes through the bundle's preprocessing and model. Which half is
-    the patient's right comes from Patient Orientation (row direction "L" or absent: radiographic convention,
-    the patient's right on the image's left; "R": swapped).
+    Two bundle contracts (docs/xray.md):
+
+    * whole pelvis (``xr_contract`` "whole_pelvis", what ``sonogate export`` writes for an X-ray run): the whole
+      radiograph is letterboxed into the model, which measures both hips at once (Hilgenreiner's line through
+      both triradiate cartilages) and also returns IHDI scores and 8 landmarks. When Patient Orientation's row
+      direction is "R" (the patient's right on the image's right) the whole image is mirrored first and the
+      landmarks are mapped back.
+    * one hip (older bundles whose ``measurements`` are ``ai_deg``, ``ce_deg``): the radiograph is split at the
+      vertical midline; each half, the patient's left one mirrored, goes through the model.
+
+    Which side is the patient's right comes from Patient Orientation (row direction "L" or absent: radiographic
+    convention, the patient's right on the image's left; "R": swapped). ``measure`` returns per hip
+    ``ai_deg`` / ``ce_deg`` {value, lower_bound, upper_bound} (calibrated), ``verdict`` {value, reason} and, for
+    whole-pelvis bundles, ``raw`` (model output before calibration), ``ihdi`` {grade, source} and ``landmarks``
+    (name -> [x, y] pixels of the given image; landmark head only).
     """
 
     def __init__(self, bundle_path: str | Path, device: str = "auto", threads: int = 1):
         from sonogate.calibration.calfile import load_calibration
-        from sonogate.device.compute import create_backend
         from sonogate.errors import BundleError
         from sonogate.runtime.bundle import load_bundle, sha256_file
-        from sonogate.runtime.engine import choose_variant
-        from sonogate.runtime.preprocess import Preprocessor
+        from sonogate.runtime.xr import XR_THRESHOLDS, XrPredictor, is_whole_pelvis
 
         self.bundle = load_bundle(bundle_path)
         names = self.bundle.measurement_names
-        if not {"ai_deg", "ce_deg"} <= set(names):
-            raise BundleError(f"X-ray bundle {bundle_path} outputs {', '.join(names)}, not ai_deg and ce_deg")
+        self.whole_pelvis = is_whole_pelvis(self.bundle)
+        if self.whole_pelvis:
+            self.predictor = XrPredictor(self.bundle, device=device, threads=threads)
+            self.backend, self.device_note = self.predictor.backend, self.predictor.device_note
+            source = self.bundle.manifest.get("outputs", {}).get("ihdi_logits", {}).get("source")
+            self.ihdi_source = source if source in ("geometry", "class_head") else "model"
+        else:
+            from sonogate.device.compute import create_backend
+            from sonogate.runtime.engine import choose_variant
+            from sonogate.runtime.preprocess import Preprocessor
+
+            if not {"ai_deg", "ce_deg"} <= set(names):
+                raise BundleError(f"X-ray bundle {bundle_path} outputs {', '.join(names)}, not ai_deg and ce_deg")
+            self.backend, self.device_note = create_backend(
+                self.bundle.model_path(choose_variant(self.bundle, "auto")), device=device, threads=threads)
+            self.preprocessor = Preprocessor(self.bundle.preprocessing)
+            self.ihdi_source = None
         self.names = names
-        self.backend, self.device_note = create_backend(self.bundle.model_path(choose_variant(self.bundle, "auto")),
-                                                        device=device, threads=threads)
-        self.preprocessor = Preprocessor(self.bundle.preprocessing)
         path = self.bundle.calibration_path
         self.calibration = load_calibration(path, bundle_hash=self.bundle.bundle_hash) if path.exists() else None
         self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
+        self.thresholds = dict(XR_THRESHOLDS)
+        if self.calibration is not None:
+            self.thresholds.update({k: float(v) for k, v in self.calibration.thresholds.items() if k in XR_THRESHOLDS})
 
     @property
     def device_name(self) -> str:
@@ -161,41 +184,69 @@ class XrayModel:
                              device=self.device_name, task=self.bundle.task or "hip_xr",
                              delta=None if self.calibration is None else float(self.calibration.delta))
 
+    def _bounded(self, name: str, value: float) -> dict[str, float | None]:
+        """{value, lower_bound, upper_bound} of one raw prediction after the calibration (None = absent)."""
+        entry: dict[str, float | None] = {"value": None, "lower_bound": None, "upper_bound": None}
+        if math.isfinite(value):
+            cal = None if self.calibration is None else self.calibration.measurements.get(name)
+            if cal is None:
+                entry["value"] = _round(value)
+            else:
+                entry["value"] = _round(cal.corrected(value))
+                entry["lower_bound" if cal.side == "lower" else "upper_bound"] = _round(cal.bound(value))
+        return entry
+
     def measure_hip(self, crop_bgr: np.ndarray) -> dict[str, dict[str, float | None]]:
+        """One-hip bundles: AI and CE of one (right-facing) hip crop."""
         tensor = self.preprocessor(crop_bgr, None)
         outputs = self.backend.infer(tensor)
         raw = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)
-        result: dict[str, dict[str, float | None]] = {}
-        for name, value in zip(self.names, raw):
-            if name not in ("ai_deg", "ce_deg"):
-                continue
-            value = float(value)
-            entry: dict[str, float | None] = {"value": None, "lower_bound": None, "upper_bound": None}
-            if math.isfinite(value):
-                cal = None if self.calibration is None else self.calibration.measurements.get(name)
-                if cal is None:
-                    entry["value"] = _round(value)
-                else:
-                    entry["value"] = _round(cal.corrected(value))
-                    entry["lower_bound" if cal.side == "lower" else "upper_bound"] = _round(cal.bound(value))
-            result[name] = entry
-        return result
+        return {name: self._bounded(name, float(value)) for name, value in zip(self.names, raw)
+                if name in ("ai_deg", "ce_deg")}
 
-    def measure(self, frame_bgr: np.ndarray, image: DicomImage, notes: list[str]) -> dict[str, dict]:
-        width = frame_bgr.shape[1]
-        half = width // 2
-        left_half, right_half = frame_bgr[:, :half], frame_bgr[:, width - half:]
-        row_direction = (image.patient_orientation or ("",))[0][:1]
-        if row_direction == "R":  # rows run toward the patient's right: the image's left is the patient's left
-            patient_right, patient_left = right_half, left_half
+    def _verdict(self, hip: dict) -> None:
+        from sonogate.runtime.xr import hip_verdict
+
+        ai = (hip.get("ai_deg") or {}).get("upper_bound")
+        ce = (hip.get("ce_deg") or {}).get("lower_bound")
+        values = {m: (hip.get(m) or {}).get("value") for m in ("ai_deg", "ce_deg")}
+        value, reason = hip_verdict(ai, ce, (hip.get("ihdi") or {}).get("grade"), self.thresholds, values)
+        hip["verdict"] = {"value": value, "reason": reason}
+
+    def measure(self, frame_bgr: np.ndarray, image: DicomImage | None, notes: list[str]) -> dict[str, dict]:
+        row_direction = ((image.patient_orientation if image is not None else None) or ("",))[0][:1]
+        swapped = row_direction == "R"  # rows run toward the patient's right: the image's left is the patient's left
+        if not swapped and row_direction != "L":
+            notes.append("no Patient Orientation: assumed the radiographic convention (patient's right on the "
+                         "image's left)")
+        if not self.whole_pelvis:
+            width = frame_bgr.shape[1]
+            half = width // 2
+            left_half, right_half = frame_bgr[:, :half], frame_bgr[:, width - half:]
+            patient_right, patient_left = (right_half, left_half) if swapped else (left_half, right_half)
+            hips = {"right": self.measure_hip(np.ascontiguousarray(patient_right)),
+                    "left": self.measure_hip(np.ascontiguousarray(patient_left[:, ::-1]))}
         else:
-            if row_direction != "L":
-                notes.append("no Patient Orientation: assumed the radiographic convention (patient's right on the "
-                             "image's left)")
-            patient_right, patient_left = left_half, right_half
-        mirrored_left = np.ascontiguousarray(patient_left[:, ::-1])
-        return {"right": self.measure_hip(np.ascontiguousarray(patient_right)),
-                "left": self.measure_hip(mirrored_left)}
+            from sonogate.runtime.xr import mirror_points
+
+            view = np.ascontiguousarray(frame_bgr[:, ::-1]) if swapped else frame_bgr
+            pred = self.predictor.predict(view)
+            hips = {}
+            for side in HIPS:
+                hips[side] = {m: self._bounded(m, pred.values[f"{m}_{side}"]) for m in ("ai_deg", "ce_deg")}
+                hips[side]["raw"] = {m: _round(pred.values[f"{m}_{side}"]) for m in ("ai_deg", "ce_deg")}
+                hips[side]["ihdi"] = {"grade": pred.ihdi_grade(side), "source": self.ihdi_source}
+                if pred.landmarks:
+                    suffix = f"_{side[0]}"
+                    points = {n[: -len(suffix)]: p for n, p in pred.landmarks.items() if n.endswith(suffix)}
+                    xy = np.array(list(points.values()), dtype=np.float64).reshape(-1, 2)
+                    if swapped:
+                        xy = mirror_points(xy, frame_bgr.shape[1])
+                    hips[side]["landmarks"] = {n: [round(float(x), 2), round(float(y), 2)]
+                                               for n, (x, y) in zip(points, xy)}
+        for hip in hips.values():
+            self._verdict(hip)
+        return hips
 
 
 def _round(value: float | None) -> float | None:
@@ -372,7 +423,9 @@ class Analyzer:
             record["warnings"].append("X-ray bundle has no calibration: values without bounds")
         if self.options.write_dicom:
             delta = None if self.xray.calibration is None else float(self.xray.calibration.delta)
-            groups = [ReportGroup(label=f"{hip} hip", measurements=hips[hip], laterality=hip[0].upper(), delta=delta)
+            names = [spec.name for spec in XR_MEASUREMENTS]
+            groups = [ReportGroup(label=f"{hip} hip", measurements={n: hips[hip][n] for n in names if n in hips[hip]},
+                                  reason=_verdict_text(hips[hip]), laterality=hip[0].upper(), delta=delta)
                       for hip in HIPS]
             annotated = render_radiograph(frame, hips, image)
             self._write_dicom(image, stem, groups, annotated, algorithm, record)
@@ -413,6 +466,11 @@ class Analyzer:
         return summary
 
 
+def _verdict_text(hip: dict) -> str | None:
+    verdict = hip.get("verdict") or {}
+    return f"{verdict['value']}: {verdict.get('reason', '')}" if verdict.get("value") else None
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -443,6 +501,8 @@ def _measurement_columns() -> list[str]:
     for hip in HIPS:
         for spec in XR_MEASUREMENTS:
             columns += [f"{hip}_{spec.name}", f"{hip}_{spec.name}_{spec.bound_side}_bound"]
+    for hip in HIPS:
+        columns += [f"{hip}_ihdi", f"{hip}_xr_verdict"]
     return columns
 
 
@@ -478,6 +538,8 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
             values = (hips.get(hip) or {}).get(spec.name) or {}
             row[f"{hip}_{spec.name}"] = _fmt(values.get("value"))
             row[f"{hip}_{spec.name}_{spec.bound_side}_bound"] = _fmt(values.get(f"{spec.bound_side}_bound"))
+        row[f"{hip}_ihdi"] = _fmt(((hips.get(hip) or {}).get("ihdi") or {}).get("grade"))
+        row[f"{hip}_xr_verdict"] = ((hips.get(hip) or {}).get("verdict") or {}).get("value") or ""
     return row
 
 
@@ -513,14 +575,37 @@ def render_sweep(frame_bgr: np.ndarray, roi, event: dict, image: DicomImage) -> 
 
 # -- X-ray annotation -------------------------------------------------------------------------------------
 def render_radiograph(frame_bgr: np.ndarray, hips: dict[str, dict], image: DicomImage) -> np.ndarray:
-    """The radiograph with the midline, side labels and a panel of AI / CE per hip with their bounds."""
+    """The radiograph with side labels and a panel of AI / CE (with bounds), IHDI and the verdict per hip.
+
+    Whole-pelvis models: Hilgenreiner's line, the acetabular roof lines and the landmarks are drawn where the
+    model put them; one-hip models: the midline the image was split at."""
     height, width = frame_bgr.shape[:2]
     panel = 300
-    canvas = np.full((max(height, 240), width + panel, 3), 24, dtype=np.uint8)
+    canvas = np.full((max(height, 300), width + panel, 3), 24, dtype=np.uint8)
     canvas[:height, :width] = frame_bgr
-    x_mid = width // 2
-    for y in range(0, height, 12):
-        cv2.line(canvas, (x_mid, y), (x_mid, min(height - 1, y + 6)), (0, 200, 255), 1)
+    landmarks = {hip: (hips.get(hip) or {}).get("landmarks") for hip in HIPS}
+    thick = max(1, round(max(height, width) / 400))
+    if all(landmarks.values()):
+
+        def pt(hip: str, name: str):
+            x, y = landmarks[hip].get(name, (math.nan, math.nan))
+            return (round(x), round(y)) if math.isfinite(x) and math.isfinite(y) else None
+
+        tri_r, tri_l = pt("right", "triradiate"), pt("left", "triradiate")
+        if tri_r and tri_l:
+            cv2.line(canvas, tri_r, tri_l, (0, 200, 255), thick, cv2.LINE_AA)  # Hilgenreiner
+        for hip, colour in (("right", (80, 220, 80)), ("left", (80, 160, 255))):
+            tri, edge = pt(hip, "triradiate"), pt(hip, "acetabular_edge")
+            if tri and edge:
+                cv2.line(canvas, tri, edge, colour, thick, cv2.LINE_AA)
+            for name in ("triradiate", "acetabular_edge", "head_center", "h_point"):
+                p = pt(hip, name)
+                if p:
+                    cv2.circle(canvas, p, 2 * thick + 1, colour, -1, cv2.LINE_AA)
+    else:
+        x_mid = width // 2
+        for y in range(0, height, 12):
+            cv2.line(canvas, (x_mid, y), (x_mid, min(height - 1, y + 6)), (0, 200, 255), 1)
     swapped = (image.patient_orientation or ("",))[0][:1] == "R"
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(canvas, "L" if swapped else "R", (6, 20), font, 0.6, (0, 200, 255), 2, cv2.LINE_AA)
@@ -529,10 +614,11 @@ def render_radiograph(frame_bgr: np.ndarray, hips: dict[str, dict], image: Dicom
     cv2.putText(canvas, "X-ray measurements", (x0, y), font, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
     y += 28
     for hip in HIPS:
+        entry = hips.get(hip) or {}
         cv2.putText(canvas, f"{hip} hip", (x0, y), font, 0.55, (230, 230, 230), 1, cv2.LINE_AA)
         y += 22
         for spec in XR_MEASUREMENTS:
-            values = (hips.get(hip) or {}).get(spec.name) or {}
+            values = entry.get(spec.name) or {}
             label = "AI" if spec.name == "ai_deg" else "CE"
             value = values.get("value")
             bound = values.get(f"{spec.bound_side}_bound")
@@ -541,6 +627,16 @@ def render_radiograph(frame_bgr: np.ndarray, hips: dict[str, dict], image: Dicom
                 text += f" ({'<=' if spec.bound_side == 'upper' else '>='} {bound:.1f})" if bound is not None \
                     else " (no bound)"
             cv2.putText(canvas, text, (x0 + 10, y), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            y += 20
+        grade = (entry.get("ihdi") or {}).get("grade")
+        if grade:
+            cv2.putText(canvas, f"IHDI: {('I', 'II', 'III', 'IV')[int(grade) - 1]}", (x0 + 10, y), font, 0.5,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+            y += 20
+        verdict = (entry.get("verdict") or {}).get("value")
+        if verdict:
+            colour = (80, 220, 80) if verdict.startswith("normal") else (60, 160, 255)
+            cv2.putText(canvas, verdict, (x0 + 10, y), font, 0.5, colour, 1, cv2.LINE_AA)
             y += 20
         y += 10
     cv2.putText(canvas, "algorithm output, unverified", (x0, canvas.shape[0] - 12), font, 0.4, (150, 150, 150), 1,
