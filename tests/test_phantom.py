@@ -33,18 +33,20 @@ def _window_mean(image: np.ndarray, point, radius: int = 3) -> float:
 # Geometry: labels are what the landmarks measure
 
 
-def test_landmarks_recompute_labels_on_hundreds_of_random_frames():
+@pytest.mark.parametrize("style", ["schematic", "realistic"])
+def test_landmarks_recompute_labels_on_hundreds_of_random_frames(style):
     rng = np.random.default_rng(2024)
     names = list(devices.DEVICES)
     worst = {"alpha_deg": 0.0, "beta_deg": 0.0, "coverage_pct": 0.0}
     defects_seen = set()
-    for i in range(240):
+    for i in range(240 if style == "schematic" else 64):
         params = hip_us.sample_hip_params(rng)
         defect = str(rng.choice(("",) * 4 + hip_us.ALL_DEFECTS))
         offset = float(rng.uniform(-1.2, 1.2)) if rng.random() < 0.3 else float(rng.uniform(-0.3, 0.3))
         size = int(rng.choice([64, 96, 128]))
         frame = hip_us.render_us_frame(params, rng, names[i % len(names)], size, defect, offset,
-                                       probe_shift_mm=tuple(rng.normal(0, 0.8, 2)), probe_rot_deg=float(rng.normal(0, 2)))
+                                       probe_shift_mm=tuple(rng.normal(0, 0.8, 2)), probe_rot_deg=float(rng.normal(0, 2)),
+                                       style=style)
         measured = hip_us.measure_from_landmarks(frame.landmarks)
         for key, value in worst.items():
             worst[key] = max(value, abs(measured[key] - getattr(frame, key)))
@@ -341,11 +343,12 @@ def test_cine_speckle_is_stable_between_neighbouring_frames():
 # Writers (read back with the real-data reader)
 
 
-def test_us_writer_output_reads_back_and_labels_recompute(tmp_path):
+@pytest.mark.parametrize("style", ["schematic", "realistic"])
+def test_us_writer_output_reads_back_and_labels_recompute(tmp_path, style):
     from sonogate.data.folder import read_labelled_folder
 
     root = writer.write_us_dataset(tmp_path / "us", 14, seed=3, devices=("A", "C"), size=64, frames_per_sweep=3,
-                                   standard_fraction=0.6, progress=False)
+                                   standard_fraction=0.6, progress=False, style=style)
     data = read_labelled_folder(root, required=("patient_id", "side", "sweep_id", "alpha_deg", "standard_plane"))
     assert len(data) == 14
     assert data.load_gray(0).shape == (64, 64)

@@ -8,6 +8,7 @@ Modules:
     cine      probe sweeps, hip after hip, with per-frame labels; mp4 + CSV writer
     xray      pelvic AP radiographs with AI, CE and IHDI grade per hip
     writer    labelled-folder datasets (images/ + labels.csv) read by ``sonogate.data.folder``
+    realistic the opt-in "realistic" rendering style (layered soft tissue, thick bone echoes, finer speckle)
     realism   image statistics and contact sheet against the real images in ../shared
     cli       ``sonogate phantom us | cine | xr``
 
@@ -25,7 +26,7 @@ _EXPORTS = {
     "measure_from_landmarks": "hip_us", "DEFECTS": "hip_us", "LANDMARK_NAMES": "hip_us",
     "add_scanner_chrome": "chrome", "sweep_frames": "cine", "write_cine": "cine",
     "XrFrame": "xray", "sample_xr_params": "xray", "render_xr_frame": "xray", "measure_xr_from_landmarks": "xray",
-    "write_us_dataset": "writer", "write_xr_dataset": "writer",
+    "write_us_dataset": "writer", "write_xr_dataset": "writer", "STYLES": "realistic",
 }
 __all__ = [
     "DEFECTS",
@@ -33,6 +34,7 @@ __all__ = [
     "HELDOUT_DEVICE",
     "LANDMARK_NAMES",
     "OOD_DEVICE",
+    "STYLES",
     "TRAIN_DEVICES",
     "HipParams",
     "ScannerDevice",

@@ -119,6 +119,7 @@ def form_image(
     gain_offset_db: float = 0.0,
     contrast: float = 1.0,
     vignette: float = 0.0,
+    row_gain: np.ndarray | None = None,
 ) -> np.ndarray:
     """B-mode grey image from tissue maps.
 
@@ -127,7 +128,8 @@ def form_image(
     tissue); ``size`` the output side. Keyword-only, the operator's knobs within a preset (set once per
     sweep): ``gain_offset_db`` added to the preset gain, ``contrast`` dividing the dynamic range (> 1
     contrastier), ``vignette`` darkening at the lateral edges (share of the grey range lost at the very
-    edge). Output: uint8 (size, size), as acquired (rows = depth).
+    edge); ``row_gain`` (n,) float32 extra amplitude factor per row after detection (TGC sliders; None =
+    flat, the schematic style). Output: uint8 (size, size), as acquired (rows = depth).
     """
     n = diffuse.shape[0]
     gain, noise, haze, lut, norm = _device_maps(device, n)
@@ -150,6 +152,8 @@ def form_image(
     imag = cv2.GaussianBlur(imag, (0, 0), sigmaX=sigma_lat, sigmaY=sigma_ax, borderType=cv2.BORDER_REFLECT)
     envelope = cv2.magnitude(real, imag)
     envelope = cv2.multiply(envelope, gain)
+    if row_gain is not None:
+        envelope *= row_gain[:, None]
     # Clutter is random too: modulate the haze with the (unblurred) scatterer field, a fine grain that the
     # display smoothing softens; a flat veil would look painted on.
     clutter = cv2.multiply(cv2.absdiff(field[1], 0.0), haze)

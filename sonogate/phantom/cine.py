@@ -28,6 +28,7 @@ from sonogate.phantom.acoustics import internal_size, new_speckle_field
 from sonogate.phantom.chrome import make_chrome
 from sonogate.phantom.devices import get_device
 from sonogate.phantom.hip_us import HipParams, render_us_frame, sample_hip_params
+from sonogate.phantom.realistic import check_style
 
 CSV_COLUMNS = ("frame", "time_s", "patient_id", "side", "alpha_deg", "beta_deg", "coverage_pct", "hip_alpha_deg",
                "hip_beta_deg", "hip_coverage_pct", "standard_plane", "defect", "roi_x", "roi_y", "roi_w", "roi_h")
@@ -86,6 +87,7 @@ def sweep_frames(
     device: str = "A",
     params: HipParams | None = None,
     screen_size: tuple[int, int] = (640, 480),
+    style: str = "schematic",
 ) -> Iterator[tuple[np.ndarray, dict]]:
     """Yield (frame, label) for a phantom cine of ``seconds`` at ``fps``.
 
@@ -94,7 +96,8 @@ def sweep_frames(
     coverage_pct (this frame's geometry), hip_alpha_deg, hip_beta_deg, hip_coverage_pct (the hip's truth),
     standard_plane, defect, plane_offset, device, graf_type, roi_x, roi_y, roi_w, roi_h (the image inside the
     frame) and landmarks (name -> (x, y) in pixels of the frame).
-    The same arguments always give the same frames.
+    ``style``: ``"schematic"`` (default, unchanged) or ``"realistic"`` (see ``render_us_frame``); the labels
+    do not depend on it. The same arguments always give the same frames.
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         raise SonogateError(f"cine length must be > 0 seconds, got {seconds}")
@@ -103,6 +106,7 @@ def sweep_frames(
     if round(seconds * fps) < 1:
         raise SonogateError(f"cine of {seconds} s at {fps} fps has no frame")
     dev = get_device(device)
+    check_style(style)
     rng = np.random.default_rng(seed)
     segments = _plan(float(seconds), float(fps), rng, params)
     patient_id = f"cine{seed}"
@@ -130,7 +134,8 @@ def sweep_frames(
             field = np.ascontiguousarray(mixed[:, pad - dy : pad - dy + n_int, pad - dx : pad - dx + n_int])
             defect = "tilt" if tilts[j] else ""
             frame = render_us_frame(seg.params, rng, dev, size, defect, float(offsets[j]), probe_shift_mm=shift,
-                                    probe_rot_deg=float(np.clip(drift[j, 2], -1.5, 1.5)), speckle_field=field)
+                                    probe_rot_deg=float(np.clip(drift[j, 2], -1.5, 1.5)), speckle_field=field,
+                                    style=style)
             time_s = index / fps
             if layout is not None:
                 screen, roi = layout.compose(frame.image, time_s)
@@ -171,10 +176,12 @@ def write_cine(
     chrome: bool = True,
     device: str = "A",
     progress: bool = False,
+    style: str = "schematic",
 ) -> Path:
     """Write a phantom cine as mp4 (OpenCV, fourcc mp4v) plus ``<out>.csv`` with one row per frame.
 
-    CSV columns: ``CSV_COLUMNS`` then ``EXTRA_COLUMNS``. Output: the mp4 path. Raises SonogateError when
+    ``style``: ``"schematic"`` (default) or ``"realistic"`` rendering. CSV columns: ``CSV_COLUMNS`` then
+    ``EXTRA_COLUMNS``. Output: the mp4 path. Raises SonogateError when
     the arguments are invalid or the file cannot be written.
     """
     out = Path(out_mp4)
@@ -184,7 +191,7 @@ def write_cine(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SonogateError(f"cannot create folder for {out}: {exc}") from None
-    frames = sweep_frames(seed, seconds, fps, size=size, chrome=chrome, device=device)
+    frames = sweep_frames(seed, seconds, fps, size=size, chrome=chrome, device=device, style=style)
     total = round(seconds * fps)
     writer = None
     csv_path = out.with_suffix(".csv")

@@ -1,7 +1,9 @@
 """``sonogate phantom ...``: write synthetic datasets and cines.
 
     sonogate phantom us   --n N --seed S --out DIR [--devices A,B,C] [--frames-per-sweep K] [--chrome]
+                          [--style schematic|realistic]
     sonogate phantom cine --seconds T --fps F --seed S --out FILE.mp4 [--no-chrome] [--device A]
+                          [--style schematic|realistic]
     sonogate phantom xr   --n N --seed S --out DIR
 
 Imports of the phantom modules happen inside the handlers, so registering the command costs nothing.
@@ -13,6 +15,11 @@ import argparse
 from pathlib import Path
 
 from sonogate.errors import SonogateError
+
+# (spelled out, not imported: registering the command must not import the phantom; a test keeps them equal)
+_STYLES = ("schematic", "realistic")
+_STYLE_HELP = ("rendering style: schematic (default; what the committed bundle was trained on) or realistic "
+               "(layered soft tissue, thick bone echoes, finer speckle; same labels)")
 
 
 def _int_arg(text: str) -> int:
@@ -44,8 +51,8 @@ def cmd_us(args: argparse.Namespace) -> int:
     devices = parse_device_list(args.devices)
     out = write_us_dataset(args.out, args.n, args.seed, devices=devices, size=args.size,
                            frames_per_sweep=args.frames_per_sweep, standard_fraction=args.standard_fraction,
-                           chrome=args.chrome, progress=True)
-    print(f"wrote {args.n} phantom ultrasound frames ({', '.join(devices)}) to {out}")
+                           chrome=args.chrome, progress=True, style=args.style)
+    print(f"wrote {args.n} phantom ultrasound frames ({', '.join(devices)}, {args.style}) to {out}")
     return 0
 
 
@@ -56,7 +63,7 @@ def cmd_cine(args: argparse.Namespace) -> int:
     _positive("fps", args.fps)
     _positive("size", args.size)
     out = write_cine(Path(args.out), args.seconds, args.fps, args.seed, size=args.size, chrome=args.chrome,
-                     device=args.device, progress=True)
+                     device=args.device, progress=True, style=args.style)
     print(f"wrote phantom cine {out} and {out.with_suffix('.csv')}")
     return 0
 
@@ -89,6 +96,7 @@ def register(subparsers) -> None:
                     help="share of standard-plane frames (default 0.8)")
     us.add_argument("--size", type=_int_arg, default=256, help="image side in pixels (default 256)")
     us.add_argument("--chrome", action="store_true", help="save the whole scanner screen, not just the image")
+    us.add_argument("--style", choices=_STYLES, default="schematic", help=_STYLE_HELP)
     us.set_defaults(func=cmd_us)
 
     cine = sub.add_parser("cine", help="mp4 sweep + per-frame CSV",
@@ -100,6 +108,7 @@ def register(subparsers) -> None:
     cine.add_argument("--no-chrome", dest="chrome", action="store_false", help="image only, no scanner screen")
     cine.add_argument("--device", default="A", help="scanner preset (default A)")
     cine.add_argument("--size", type=_int_arg, default=256, help="ultrasound image side (default 256)")
+    cine.add_argument("--style", choices=_STYLES, default="schematic", help=_STYLE_HELP)
     cine.set_defaults(func=cmd_cine)
 
     xr = sub.add_parser("xr", help="pelvic radiographs + labels.csv",

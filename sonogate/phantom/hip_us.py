@@ -42,6 +42,7 @@ from sonogate.errors import SonogateError
 from sonogate.measurements import graf_type as _graf_type
 from sonogate.phantom.acoustics import form_image, internal_size, new_speckle_field
 from sonogate.phantom.devices import ScannerDevice, get_device
+from sonogate.phantom.realistic import check_style, real_look, realistic_device, tgc_row_gain
 
 DEFECTS: tuple[str, ...] = ("tilt", "no_labrum", "no_lower_limb", "anterior", "posterior")
 EXTRA_DEFECTS: tuple[str, ...] = ("no_chondro_osseous", "poor_capsule")
@@ -577,8 +578,9 @@ def _bone_surface(spec: np.ndarray, diffuse: np.ndarray, bone: np.ndarray, pts: 
 
 
 def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
-                look: _Look | None = None) -> tuple[np.ndarray, ...]:
-    """Tissue maps (diffuse, specular, bone) float32 (npx, npx) for ``scene``."""
+                look: _Look | None = None, style: str = "schematic") -> tuple[np.ndarray, ...]:
+    """Tissue maps (diffuse, specular, bone) float32 (npx, npx) for ``scene``; ``style="realistic"`` adds
+    the layers of ``sonogate.phantom.realistic`` on top (the schematic maps are computed identically)."""
     k = npx / depth_mm  # px per mm
     look = look or _sweep_look(params.tissue_seed)
     tex = np.random.default_rng(params.tissue_seed)  # per-hip texture: identical across frames of a hip
@@ -804,6 +806,10 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         _fill(specular, pts, 7.0)
         _fill(bone, pts, 0.12)
     specular += cv2.multiply(bspec, _modulation_field(params.tissue_seed, npx))
+    if style == "realistic":
+        from sonogate.phantom.realistic import add_realism
+
+        add_realism(scene, params, npx, depth_mm, look, drape, diffuse, specular, bone)
     return diffuse, specular, bone
 
 
@@ -827,6 +833,7 @@ def render_us_frame(
     probe_shift_mm: tuple[float, float] = (0.0, 0.0),
     probe_rot_deg: float = 0.0,
     speckle_field: np.ndarray | None = None,
+    style: str = "schematic",
 ) -> UsFrame:
     """Render one hip ultrasound frame.
 
@@ -836,23 +843,33 @@ def render_us_frame(
     ``probe_shift_mm`` / ``probe_rot_deg`` small probe motion (moves the anatomy in the picture, does not
     change alpha/beta/coverage); ``speckle_field`` a (2, n, n) float32 scatterer field from
     ``acoustics.new_speckle_field`` with n = ``acoustics.internal_size(device, size)`` (cine frames share
-    one so speckle moves with tissue instead of flickering; default: drawn from ``rng``).
+    one so speckle moves with tissue instead of flickering; default: drawn from ``rng``); ``style``
+    ``"schematic"`` (default: the look the committed model bundle was trained on, unchanged byte for byte) or
+    ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, thick bone echoes, finer speckle,
+    TGC banding). Both styles consume ``rng`` identically, so a seed gives the same labels and landmarks.
     Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels.
     """
     dev = get_device(device)
+    realistic = check_style(style) == "realistic"
     if not isinstance(size, (int, np.integer)) or size < 32:
         raise SonogateError(f"phantom image size must be an integer >= 32, got {size!r}")
     defect, plane_offset = _resolve_defect(defect, plane_offset, rng)
     n_int = internal_size(dev, int(size))
     scene = _build_scene(params, defect, plane_offset, dev.depth_mm, probe_shift_mm, probe_rot_deg, rng)
     look = _sweep_look(params.tissue_seed)  # operator / patient variation, fixed for the hip's sweep
-    diffuse, specular, bone = _draw_scene(scene, params, n_int, dev.depth_mm, look)
+    diffuse, specular, bone = _draw_scene(scene, params, n_int, dev.depth_mm, look, style)
     if speckle_field is None:
         speckle_field = new_speckle_field(rng, n_int)
     elif speckle_field.shape != (2, n_int, n_int):
         raise SonogateError(f"speckle_field must have shape {(2, n_int, n_int)}, got {speckle_field.shape}")
-    image = form_image(diffuse, specular, bone, dev, speckle_field, int(size), gain_offset_db=look.gain_db,
-                       contrast=look.contrast, vignette=look.vignette)
+    if realistic:
+        real = real_look(params.tissue_seed)
+        image = form_image(diffuse, specular, bone, realistic_device(dev), speckle_field, int(size),
+                           gain_offset_db=look.gain_db + real.gain_db, contrast=look.contrast,
+                           vignette=look.vignette, row_gain=tgc_row_gain(real, n_int))
+    else:
+        image = form_image(diffuse, specular, bone, dev, speckle_field, int(size), gain_offset_db=look.gain_db,
+                           contrast=look.contrast, vignette=look.vignette)
     vertical = dev.orientation == "vertical"
     if vertical:
         image = np.ascontiguousarray(image.T)

@@ -7,14 +7,21 @@ Statistics (all on grey images resized to 256 x 256 so real and phantom are comp
   laterally (x) and axially (y) -- for images shown in Graf's vertical convention x and y swap;
 * edge density: share of Canny edge pixels after a light blur (how "busy" the picture is).
 
+Objective closeness: the runtime's out-of-distribution image descriptor (``sonogate.runtime.image_stats``)
+with a Ledoit-Wolf Mahalanobis fit (``sonogate.export.ood``) on the real standard planes resized to 160 x 160;
+the median distance of phantom frames to the real fit (and of real frames to a fit on phantom frames) says how
+far apart the two sets are in the statistics the runtime uses to refuse images (``ood_distances``).
+
 ``python -m sonogate.phantom.realism --out docs/img`` writes the contact sheet, the histogram figure and a
-JSON of the statistics, using the real images under ``../shared/data`` when present. The real Radiopaedia
+JSON of the statistics (both phantom styles, ``"schematic"`` and ``"realistic"``), using the real images under
+``../shared/data`` when present. The real Radiopaedia
 frames are CC BY-NC-SA 3.0: they may appear in the docs with attribution, never in training data.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -164,8 +171,10 @@ def real_radiopaedia_frames(shared: Path, limit: int = 12) -> list[tuple[str, np
 # Phantom images and the sheet
 
 
-def phantom_images(count: int, seed: int, devices: Sequence[str], standard: bool = True) -> list[np.ndarray]:
-    """``count`` phantom frames (256 x 256, as shown by each device), standard planes or a defect mix."""
+def phantom_images(count: int, seed: int, devices: Sequence[str], standard: bool = True,
+                   style: str = "schematic") -> list[np.ndarray]:
+    """``count`` phantom frames (256 x 256, as shown by each device), standard planes or a defect mix, in
+    ``style`` (the same seed gives the same hips in both styles)."""
     from sonogate.phantom.hip_us import DEFECTS, render_us_frame, sample_hip_params
 
     rng = np.random.default_rng(seed)
@@ -173,8 +182,47 @@ def phantom_images(count: int, seed: int, devices: Sequence[str], standard: bool
     for i in range(count):
         params = sample_hip_params(rng)
         defect = "" if standard else DEFECTS[i % len(DEFECTS)]
-        out.append(render_us_frame(params, rng, devices[i % len(devices)], 256, defect).image)
+        out.append(render_us_frame(params, rng, devices[i % len(devices)], 256, defect, style=style).image)
     return out
+
+
+OOD_SIZE = 160  # the bundle's input side: the descriptor is computed on what the model would see
+
+
+def ood_distances(real: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Mahalanobis distances on the runtime's image-statistics descriptor, every image resized to 160 x 160.
+
+    ``real``: the reference real frames. Per named set of phantom frames: ``to_real_median`` / ``to_real_p90``
+    (distance of its frames to a fit on ``real``; smaller = closer), ``real_to_it_median`` (distance of the
+    real frames to a fit on the set: the reverse direction). ``"real (leave-one-out)"``: each real frame to a
+    fit on the others, the scale of an in-distribution distance.
+    """
+    from sonogate.data.folder import resize_gray
+    from sonogate.export.ood import fit_ood, mahalanobis
+    from sonogate.runtime.image_stats import describe_images
+
+    def describe(images):
+        return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
+
+    def fit(feats):
+        return fit_ood(feats, np.empty((0, feats.shape[1])))
+
+    ref = describe(real)
+    real_fit = fit(ref)
+    loo = [mahalanobis(ref[i : i + 1], **_mp(fit(np.delete(ref, i, 0))))[0] for i in range(len(ref))]
+    out = {"real (leave-one-out)": {"to_real_median": float(np.median(loo)), "to_real_p90": float(np.percentile(loo, 90)),
+                                    "real_to_it_median": float(np.median(loo)), "count": len(ref)}}
+    for name, images in sets.items():
+        feats = describe(images)
+        to_real = mahalanobis(feats, **_mp(real_fit))
+        back = mahalanobis(ref, **_mp(fit(feats)))
+        out[name] = {"to_real_median": float(np.median(to_real)), "to_real_p90": float(np.percentile(to_real, 90)),
+                     "real_to_it_median": float(np.median(back)), "count": len(feats)}
+    return out
+
+
+def _mp(fitted: dict) -> dict:
+    return {"mean": fitted["mean"], "precision": fitted["precision"]}
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -234,12 +282,16 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
         sheet_rows.append(("REAL standard planes (SPJ set, Apache-2.0)", [(f"SPJ std {i}", im) for i, im in enumerate(real_std[:6])]))
     if real_rp:
         sheet_rows.append(("REAL Radiopaedia cine frames (CC BY-NC-SA 3.0, see attribution)", [(f"rID {cid}", im) for cid, im in real_rp[:6]]))
-    phantom_std = []
+    phantom_std, phantom_real = [], []
     for dev in ("A", "B", "C", "D", "A", "B"):
         params = sample_hip_params(rng)
+        twin = copy.deepcopy(rng)  # the realistic style consumes the generator identically: same hip, same plane
         frame = render_us_frame(params, rng, dev, 256)
         phantom_std.append((f"phantom {dev} a{frame.alpha_deg:.0f} c{frame.coverage_pct:.0f}", frame.image))
+        look = render_us_frame(params, twin, dev, 256, style="realistic")
+        phantom_real.append((f"realistic {dev} a{look.alpha_deg:.0f} c{look.coverage_pct:.0f}", look.image))
     sheet_rows.append(("PHANTOM standard planes (devices A B C D A B)", phantom_std))
+    sheet_rows.append(("PHANTOM realistic style (same hips and planes)", phantom_real))
     if real_sub:
         picks = real_sub[::5][:6]
         sheet_rows.append(("REAL substandard (SPJ set)", [(reason[:26], im) for reason, im in picks]))
@@ -278,12 +330,18 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
             break
 
     # Statistics on the same device mix the model trains on, plus the held-out device alone.
-    train_imgs = phantom_images(48, seed + 1, [d for d in TRAIN_DEVICES if DEVICES[d].orientation == "horizontal"])
+    horizontal = [d for d in TRAIN_DEVICES if DEVICES[d].orientation == "horizontal"]
+    train_imgs = phantom_images(48, seed + 1, horizontal)
     held_imgs = phantom_images(24, seed + 2, ["D"])
+    real_imgs = phantom_images(48, seed + 1, horizontal, style="realistic")
     sets = {"real SPJ standard": real_std, "real Radiopaedia": [im for _, im in real_rp],
-            "phantom A+B": train_imgs, "phantom D (held out)": held_imgs}
+            "phantom A+B": train_imgs, "phantom D (held out)": held_imgs, "phantom A+B realistic": real_imgs}
     _histogram_figure(sets, out_dir / "phantom_histograms.png")
     stats = {name: summarize(images) for name, images in sets.items() if images}
+    if real_std:
+        stats["_ood"] = ood_distances(real_std, {"phantom A+B": train_imgs, "phantom A+B realistic": real_imgs,
+                                                 "phantom D (held out)": held_imgs,
+                                                 "real Radiopaedia": [im for _, im in real_rp]})
     (out_dir / "realism_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
@@ -291,7 +349,7 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
 def stats_markdown(stats: dict) -> str:
     """A markdown table of the summary statistics (mean +- sd per set)."""
     keys = ["mean", "std", "p5", "p50", "p95", "dark_share", "speckle_lateral_px", "speckle_axial_px", "edge_density"]
-    names = list(stats)
+    names = [n for n in stats if not n.startswith("_")]
     lines = ["| statistic | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         cells = []
@@ -301,6 +359,12 @@ def stats_markdown(stats: dict) -> str:
             cells.append(f"{fmt.format(v['mean'])} +- {fmt.format(v['sd'])}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append("| images | " + " | ".join(str(int(stats[n]["count"]["mean"])) for n in names) + " |")
+    if "_ood" in stats:
+        lines += ["", "| set | median distance to real SPJ fit | p90 | median distance of real SPJ to its fit | images |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, row in stats["_ood"].items():
+            lines.append(f"| {name} | {row['to_real_median']:.1f} | {row['to_real_p90']:.1f} | "
+                         f"{row['real_to_it_median']:.1f} | {row['count']} |")
     return "\n".join(lines)
 
 

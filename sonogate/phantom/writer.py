@@ -27,6 +27,7 @@ from sonogate.errors import SonogateError
 from sonogate.phantom.chrome import make_chrome
 from sonogate.phantom.devices import TRAIN_DEVICES, get_device
 from sonogate.phantom.hip_us import ALL_DEFECTS, DEFECTS, LANDMARK_NAMES, render_us_frame, sample_hip_params
+from sonogate.phantom.realistic import check_style
 from sonogate.phantom.xray import XR_LANDMARK_NAMES, render_xr_frame, sample_xr_params
 
 US_COLUMNS = (
@@ -87,6 +88,7 @@ def write_us_dataset(
     chrome: bool = False,
     progress: bool = True,
     defects: Sequence[str] = DEFECTS,
+    style: str = "schematic",
 ) -> Path:
     """Write ``n`` phantom ultrasound frames and their labels.
 
@@ -94,12 +96,15 @@ def write_us_dataset(
     drawn per infant (both hips on one cart); ``size`` image side; ``frames_per_sweep`` frames per hip
     sweep; ``standard_fraction`` share of standard-plane frames (the rest get a defect from ``defects``,
     uniformly); ``chrome`` save the whole scanner screen (landmarks then in screen pixels, ROI columns give
-    the image rectangle) instead of the image alone. Output: ``out_dir``.
+    the image rectangle) instead of the image alone; ``style`` ``"schematic"`` (default: the look the
+    committed bundle was trained on) or ``"realistic"`` (layered soft tissue, thick bone echoes, finer
+    speckle; same labels for the same seed; not recorded in labels.csv). Output: ``out_dir``.
 
     Standard frames are drawn at a plane offset within +-0.3 (alpha moves about +-1 deg, as the plane
     position does on real scans) with sub-millimetre probe jitter; ``patient_id`` is unique per seed, so
     datasets written with different seeds can be pooled.
     """
+    check_style(style)
     root = _check_args(out_dir, n, size)
     if not isinstance(frames_per_sweep, (int, np.integer)) or frames_per_sweep <= 0:
         raise SonogateError(f"frames_per_sweep must be a whole number > 0, got {frames_per_sweep!r}")
@@ -136,7 +141,7 @@ def write_us_dataset(
                                                                            "no_chondro_osseous", "poor_capsule") else 0.0
                     shift = (float(rng.normal(0, 0.6)), float(rng.normal(0, 0.4)))
                     frame = render_us_frame(hip, rng, device, size, defect, offset, probe_shift_mm=shift,
-                                            probe_rot_deg=float(rng.normal(0, 1.0)))
+                                            probe_rot_deg=float(rng.normal(0, 1.0)), style=style)
                     name = f"{sweep_id}-f{j:03d}.png"
                     landmarks = frame.landmarks
                     roi = (0, 0, size, size)

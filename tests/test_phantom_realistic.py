@@ -1,0 +1,180 @@
+"""The opt-in "realistic" phantom style: deterministic, same labels as the schematic style, the schematic default
+unchanged byte for byte (the committed demo bundle was trained on it), wired through the writer, cine and CLI.
+
+Small frames (64-128 px) keep the file to a few seconds on the 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+
+from sonogate.errors import SonogateError
+from sonogate.phantom import cine, cli, hip_us, realistic, writer
+from sonogate.phantom.cli import register
+
+pytestmark = pytest.mark.torchfree
+
+
+def _frame(seed: int, device: str, size: int, defect: str = "", style: str = "schematic") -> hip_us.UsFrame:
+    rng = np.random.default_rng(seed)
+    params = hip_us.sample_hip_params(rng)
+    return hip_us.render_us_frame(params, rng, device, size, defect, style=style)
+
+
+# sha256 of seeded schematic frames, computed before the realistic style was added (this numpy / OpenCV build).
+# If one changes, the default look moved and the committed bundle's image-statistics check will refuse it.
+SCHEMATIC_SHA256 = {
+    (0, "A", 128, ""): "1bc86103f64422a56305840902054752e5280e4edf5343c5db9e0941b21f745a",
+    (1, "C", 96, "tilt"): "364181c5b8845da681b0e412f4591c1661c850ae29b950facd24292b63080579",
+    (2, "B", 256, ""): "31aee88f3898ba9e950b1056b9d6243b521f30648224e6d8ca9b6782b78ef397",
+}
+
+
+@pytest.mark.parametrize("key", list(SCHEMATIC_SHA256))
+def test_default_style_is_the_schematic_look_byte_for_byte(key):
+    seed, device, size, defect = key
+    default = _frame(seed, device, size, defect)
+    assert hashlib.sha256(default.image.tobytes()).hexdigest() == SCHEMATIC_SHA256[key]
+    explicit = _frame(seed, device, size, defect, style="schematic")
+    assert np.array_equal(default.image, explicit.image)
+
+
+def test_realistic_style_is_deterministic_and_differs_from_schematic():
+    a = _frame(9, "B", 96, "tilt", "realistic")
+    b = _frame(9, "B", 96, "tilt", "realistic")
+    c = _frame(10, "B", 96, "tilt", "realistic")
+    schematic = _frame(9, "B", 96, "tilt")
+    assert np.array_equal(a.image, b.image) and a.landmarks == b.landmarks
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == (96, 96) and a.image.dtype == np.uint8
+    assert np.abs(a.image.astype(np.float32) - schematic.image).mean() > 5.0
+
+
+def test_both_styles_give_identical_labels_and_landmarks_for_a_seed():
+    rng = np.random.default_rng(77)
+    for i in range(36):
+        params = hip_us.sample_hip_params(rng)
+        defect = str(rng.choice(("", "") + hip_us.ALL_DEFECTS))
+        offset = float(rng.uniform(-1.0, 1.0))
+        device = "ABCD"[i % 4]
+        frames = {}
+        for style in realistic.STYLES:
+            local = np.random.default_rng([77, i])
+            frames[style] = hip_us.render_us_frame(
+                params, local, device, 96, defect, offset, style=style, probe_shift_mm=(0.4, -0.2), probe_rot_deg=1.0
+            )
+        ref, real = frames["schematic"], frames["realistic"]
+        assert real.landmarks == ref.landmarks
+        for key in ("alpha_deg", "beta_deg", "coverage_pct", "standard_plane", "defect", "plane_offset"):
+            assert getattr(real, key) == getattr(ref, key), key
+        measured = hip_us.measure_from_landmarks(real.landmarks)
+        for key in ("alpha_deg", "beta_deg", "coverage_pct"):
+            assert abs(measured[key] - getattr(real, key)) < 0.1
+
+
+def test_realistic_frames_have_bright_superficial_layers_and_dark_heads():
+    """The look, coarsely: a bright subcutaneous band at the top, a hypoechoic head, bone brighter than both."""
+    for seed in range(4):
+        frame = _frame(seed, "A", 128, "", "realistic")
+        img = frame.image.astype(np.float32)
+        band = img[2:8].mean()
+        cx, cy = frame.landmarks["head_center"]
+        radius = 0.5 * frame.extras["head_radius_px"]
+        head = img[round(cy - radius) : round(cy + radius), round(cx - radius) : round(cx + radius)].mean()
+        assert band > 1.5 * head, (seed, band, head)
+        x, y = frame.landmarks["baseline_top"]
+        assert img[round(y) - 2 : round(y) + 4, round(x) - 2 : round(x) + 3].max() > 2.5 * head
+
+
+def test_unknown_style_is_a_user_error(tmp_path):
+    with pytest.raises(SonogateError, match="style"):
+        _frame(0, "A", 64, style="photoreal")
+    with pytest.raises(SonogateError, match="style"):
+        writer.write_us_dataset(tmp_path / "x", 2, 0, size=64, progress=False, style="photoreal")
+    with pytest.raises(SonogateError, match="style"):
+        next(cine.sweep_frames(0, 1.0, 4.0, size=64, chrome=False, style="photoreal"))
+
+
+def test_writer_realistic_style_same_labels_other_pixels(tmp_path):
+    roots = {
+        style: writer.write_us_dataset(
+            tmp_path / style, 6, seed=4, devices=("A", "C"), size=64, frames_per_sweep=2, progress=False, style=style
+        )
+        for style in realistic.STYLES
+    }
+    labels = {style: (root / "labels.csv").read_text() for style, root in roots.items()}
+    assert labels["schematic"] == labels["realistic"]
+    import cv2
+
+    with open(roots["schematic"] / "labels.csv", newline="") as handle:
+        names = [row["image"] for row in csv.DictReader(handle)]
+    differ = [
+        not np.array_equal(cv2.imread(str(roots["schematic"] / n)), cv2.imread(str(roots["realistic"] / n)))
+        for n in names
+    ]
+    assert all(differ)
+
+
+def test_cine_realistic_style_keeps_labels():
+    plain = [(f[..., 0], lab) for f, lab in cine.sweep_frames(3, 1.0, 6.0, size=64, chrome=False)]
+    real = [(f[..., 0], lab) for f, lab in cine.sweep_frames(3, 1.0, 6.0, size=64, chrome=False, style="realistic")]
+    assert [lab for _, lab in plain] == [lab for _, lab in real]
+    assert not np.array_equal(plain[0][0], real[0][0])
+    again = next(cine.sweep_frames(3, 1.0, 6.0, size=64, chrome=False, style="realistic"))[0]
+    assert np.array_equal(again[..., 0], real[0][0])
+
+
+def _parse(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="sonogate")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_cli_accepts_style(tmp_path):
+    assert cli._STYLES == realistic.STYLES
+    args = _parse(
+        [
+            "phantom",
+            "us",
+            "--n",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "u"),
+            "--size",
+            "64",
+            "--style",
+            "realistic",
+        ]
+    )
+    assert args.style == "realistic" and args.func(args) == 0 and (tmp_path / "u" / "labels.csv").is_file()
+    assert _parse(["phantom", "us", "--n", "2", "--out", str(tmp_path / "v")]).style == "schematic"
+    args = _parse(
+        [
+            "phantom",
+            "cine",
+            "--seconds",
+            "0.5",
+            "--fps",
+            "4",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "c.mp4"),
+            "--no-chrome",
+            "--size",
+            "64",
+            "--style",
+            "realistic",
+        ]
+    )
+    assert args.style == "realistic" and args.func(args) == 0 and (tmp_path / "c.csv").is_file()
+    with pytest.raises(SystemExit):
+        _parse(["phantom", "us", "--n", "2", "--out", str(tmp_path / "w"), "--style", "fancy"])
