@@ -34,6 +34,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument("--precision", default="auto", choices=["auto", "int8", "float", "openvino"],
                            help="which model of the bundle (auto: INT8 when present)")
     inference.add_argument("--calibration", help="calibration.json (default: the bundle's)")
+    inference.add_argument("--xr-bundle", help="X-ray model bundle loaded in the same process (AI / CE / IHDI per "
+                                               "hip of each radiograph that arrives in --xr-watch)")
+    source.add_argument("--xr-watch", help="folder where new radiographs (DICOM CR/DX, PNG, JPEG) arrive; each is "
+                                           "measured with --xr-bundle and written as a 'xray' event")
     inference.add_argument("--public-key", default=os.environ.get("SONOGATE_PUBLIC_KEY"),
                            help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig does not verify")
     output = parser.add_argument_group("output")
@@ -55,7 +59,9 @@ def _session_and_pipeline(args):
                            public_key=getattr(args, "public_key", None), audit=getattr(args, "audit", None))
     options = PipelineOptions(source=args.source, loop=args.loop, realtime=args.realtime, headless=args.headless,
                               events_path=args.events, record_path=args.record, snapshot_path=args.snapshot,
-                              max_frames=args.max_frames, max_seconds=args.max_seconds)
+                              max_frames=args.max_frames, max_seconds=args.max_seconds,
+                              xr_bundle=getattr(args, "xr_bundle", None), xr_watch=getattr(args, "xr_watch", None),
+                              device=args.device, threads=args.threads)
     return session, LivePipeline(session, options)
 
 
@@ -71,6 +77,8 @@ def _print_summary(session, summary: dict) -> None:
     for change in summary.get("timeline", []):
         print(f"  frame {change['frame']:>5}: {change['recommendation']:<18} {change.get('reason') or ''}")
     print(f"final recommendation: {summary['final_recommendation']} ({summary.get('final_reason') or ''})")
+    if summary.get("xray_events"):
+        print(f"radiographs measured: {summary['xray_events']} (events of type 'xray')")
 
 
 def cmd_run(args) -> int:

@@ -36,6 +36,11 @@ class EventLog:
         self.last: dict[str, Any] | None = None
         self.first_decision_s: float | None = None
 
+    def write_other(self, event: dict[str, Any]) -> None:
+        """A line that is not a frame decision (e.g. an X-ray event): written, not counted in the summary."""
+        if self._handle is not None:
+            self._handle.write(json.dumps(event, separators=(",", ":")) + "\n")
+
     def write(self, event: dict[str, Any]) -> None:
         if self._handle is not None:
             self._handle.write(json.dumps(event, separators=(",", ":")) + "\n")

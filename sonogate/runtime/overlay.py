@@ -30,6 +30,7 @@ class OverlayRenderer:
 
     def __init__(self):
         self._canvas: np.ndarray | None = None
+        self.xray_lines: list[str] = []  # the latest radiograph's result (sonogate run --xr-bundle)
 
     def render(self, frame: np.ndarray, roi, event: dict) -> np.ndarray:
         height, width = frame.shape[:2]
@@ -105,6 +106,9 @@ class OverlayRenderer:
         y += 18
         cv2.putText(canvas, f"dropped {event.get('dropped_frames', 0)}", (x0, y), FONT, 0.45, (200, 200, 200), 1,
                     cv2.LINE_AA)
+        for line in self.xray_lines[:4]:
+            y += 18
+            cv2.putText(canvas, line, (x0, y), FONT, 0.42, (230, 210, 120), 1, cv2.LINE_AA)
         cv2.putText(canvas, "keys: f freeze  r reset  n next hip  q quit", (x0, shape[0] - 12), FONT, 0.38,
                     (150, 150, 150), 1, cv2.LINE_AA)
         return canvas
@@ -141,4 +145,20 @@ def _wrap(text: str, width: int) -> list[str]:
             line = f"{line} {word}".strip()
     if line:
         lines.append(line)
+    return lines
+
+
+def xray_lines(event: dict) -> list[str]:
+    """Short panel lines for an X-ray event of ``sonogate.runtime.xr_watch`` (one per hip, bounds first)."""
+    if event.get("error"):
+        return [f"X-ray {event.get('file', '')[:18]}: not measured"]
+    lines = [f"X-ray {event.get('file', '')[:24]}"]
+    for side in ("right", "left"):
+        hip = (event.get("hips") or {}).get(side) or {}
+        ai, ce = hip.get("ai_deg") or {}, hip.get("ce_deg") or {}
+        ai_text = f"AI<={ai['upper_bound']:.0f}" if ai.get("upper_bound") is not None else (
+            f"AI {ai['value']:.0f}" if ai.get("value") is not None else "AI --")
+        ce_text = f"CE>={ce['lower_bound']:.0f}" if ce.get("lower_bound") is not None else (
+            f"CE {ce['value']:.0f}" if ce.get("value") is not None else "CE --")
+        lines.append(f" {side[0].upper()}: {ai_text} {ce_text} {hip.get('verdict', '') or ''}".rstrip())
     return lines

@@ -36,6 +36,10 @@ class PipelineOptions:
     max_seconds: float | None = None
     stale_after_s: float = 1.0
     frozen_after_s: float = 2.0
+    xr_bundle: str | None = None  # X-ray bundle loaded in this process (sonogate.runtime.xr_watch)
+    xr_watch: str | None = None  # folder where new radiographs arrive
+    device: str = "auto"
+    threads: int = 1
 
 
 class LivePipeline:
@@ -56,6 +60,26 @@ class LivePipeline:
         if getattr(probe, "mm_per_pixel", None) is not None:  # a DICOM source's spacing beats the depth ruler
             session.set_source_scale(probe.mm_per_pixel, getattr(probe, "spacing_source", None))
         probe.close()
+        self.xray_watcher = None
+        if options.xr_watch and not options.xr_bundle:
+            raise SonogateError("--xr-watch needs --xr-bundle")
+        if options.xr_bundle:
+            from sonogate.runtime.analyze import XrayModel
+            from sonogate.runtime.xr_watch import XrayWatcher
+
+            model = XrayModel(options.xr_bundle, device=options.device, threads=options.threads)
+            self.xray_model = model
+            if options.xr_watch:
+                self.xray_watcher = XrayWatcher(model, options.xr_watch)
+        self.xray_events = 0
+
+    def _drain_xray(self, log: EventLog) -> None:
+        from sonogate.runtime.overlay import xray_lines
+
+        for event in self.xray_watcher.drain():
+            log.write_other(event)
+            self.overlay.xray_lines = xray_lines(event)
+            self.xray_events += 1
 
     def _source_factory(self):
         return open_source(self.options.source, loop=self.options.loop, realtime=self.options.realtime)
@@ -80,7 +104,11 @@ class LivePipeline:
         summary = None
         try:
             grabber.start()
+            if self.xray_watcher is not None:
+                self.xray_watcher.start()
             while True:
+                if self.xray_watcher is not None:
+                    self._drain_xray(log)
                 if options.max_frames is not None and processed >= options.max_frames:
                     break
                 if options.max_seconds is not None and time.perf_counter() - t_start > options.max_seconds:
@@ -115,7 +143,13 @@ class LivePipeline:
             pass
         finally:
             grabber.stop()
+            if self.xray_watcher is not None:
+                self.xray_watcher.stop()
+                for _ in range(2):  # a radiograph that arrived in the last poll interval (seen, then stable)
+                    self.xray_watcher.poll_once()
+                self._drain_xray(log)
             summary = log.summary(
+                xray_events=self.xray_events,
                 dropped_frames=grabber.dropped_total,
                 device=self.session.device_name,
                 bundle_sha256=self.session.bundle.bundle_hash,
