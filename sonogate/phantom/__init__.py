@@ -27,6 +27,7 @@ _EXPORTS = {
     "add_scanner_chrome": "chrome", "sweep_frames": "cine", "write_cine": "cine",
     "XrFrame": "xray", "sample_xr_params": "xray", "render_xr_frame": "xray", "measure_xr_from_landmarks": "xray",
     "write_us_dataset": "writer", "write_xr_dataset": "writer", "STYLES": "realistic",
+    "PairedHip": "paired", "paired_hips": "paired", "iter_paired_patients": "paired", "AiModel": "paired",
 }
 __all__ = [
     "DEFECTS",
