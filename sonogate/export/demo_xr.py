@@ -56,6 +56,14 @@ QUICK = XrDemoRecipe(
 )
 
 
+# More labelled and unlabelled radiographs, longer SimSiam, a larger input and more augmented head copies:
+# minutes on one GPU (``--device cuda``), far too long for the 2-core CPU.
+GPU = XrDemoRecipe(
+    n_train=1000, n_unlabelled=1500, size=224, ssl_epochs=15, ssl_size=128, head_epochs=40, head_augment=4
+)
+RECIPES = {"cpu": XrDemoRecipe(), "gpu": GPU, "quick": QUICK}
+
+
 def verdict_on(cal, table, thresholds: dict) -> dict:
     """Calibrated verdict on a labelled test table (hip rows): per-radiograph coverage of all four bounds,
     share of truly normal hips called normal within bounds, false reassurances (called normal, truly not)."""
@@ -176,13 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="training device: cpu, cuda or auto (default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes (not for committing)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu", help="sizes (default cpu)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from sonogate.errors import SonogateError
 
     try:
         summary = make_xr_demo_bundle(
-            args.out, args.work, args.seed, QUICK if args.quick else XrDemoRecipe(), not args.no_progress, args.device
+            args.out,
+            args.work,
+            args.seed,
+            QUICK if args.quick else RECIPES[args.recipe],
+            not args.no_progress,
+            args.device,
         )
     except SonogateError as err:
         print(f"sonogate: error: {err}", file=sys.stderr)
