@@ -317,7 +317,7 @@ class _MotionMap:
     """
 
     SIDE = 160
-    LEVEL = 2  # grey levels of change that count as motion at the reduced size
+    LEVEL = 2  # grey levels of change that count as motion at the reduced size (at least; see extend)
     ROW_SHARE = 0.2  # share of a row's pixels that must move for the row to belong to the image
     MAX_GAP_ROWS = 6  # a still band this thin (an acoustic shadow across the image) is bridged
 
@@ -363,11 +363,17 @@ class _MotionMap:
         """
         if found is None or self.motion is None or self.frames < 3:
             return found
-        moving = self.motion >= self.LEVEL
-        np.right_shift(self.motion, 1, out=self.motion)  # fade, not forget: a still moment keeps the far field
-        sx, sy = width / moving.shape[1], height / moving.shape[0]
-        c0 = min(moving.shape[1] - 1, int(found[0] / sx))
+        sx = width / self.motion.shape[1]
+        c0 = min(self.motion.shape[1] - 1, int(found[0] / sx))
         c1 = max(c0 + 1, int((found[0] + found[2]) / sx))
+        # A compressed feed (mp4, RTSP, MJPEG capture) flickers by a few grey levels everywhere, static chrome
+        # included (an mp4v phantom cine: 70-100 % of header rows move by 2 levels): motion must stand above
+        # the flicker measured beside the image, or the box grows into the header and footer text.
+        beside = np.concatenate([self.motion[:, :c0].ravel(), self.motion[:, c1:].ravel()])
+        level = self.LEVEL if beside.size < 16 else max(self.LEVEL, int(np.percentile(beside, 90)) + 1)
+        moving = self.motion >= level
+        np.right_shift(self.motion, 1, out=self.motion)  # fade, not forget: a still moment keeps the far field
+        sy = height / moving.shape[0]
         share = moving[:, c0:c1].mean(axis=1)
         share = np.convolve(share, np.ones(3) / 3, mode="same")
         r0 = int(found[1] / sy)
