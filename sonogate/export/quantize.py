@@ -38,12 +38,14 @@ def quantize_int8(
     calib: np.ndarray,
     batch: int = 8,
     exclude_nodes: Iterable[str] | None = None,
+    skip_symbolic_shape: bool = False,
 ) -> Path:
     """Write a static INT8 QDQ model. Inputs: the float ONNX file, calibration inputs (n, 1, S, S) float32.
 
     quant_pre_process (shape inference + graph optimisation) runs first, as ONNX Runtime recommends;
     activations uint8 asymmetric, weights int8 (7-bit range) symmetric per output channel, MinMax ranges. Excluded
-    nodes stay float (default: the heads, see ``head_nodes``).
+    nodes stay float (default: the heads, see ``head_nodes``). ``skip_symbolic_shape`` uses plain ONNX shape
+    inference in the pre-processing (for graphs ONNX Runtime's symbolic inference rejects).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -64,7 +66,7 @@ def quantize_int8(
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=False)
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=skip_symbolic_shape)
         if exclude_nodes is None:
             exclude_nodes = head_nodes(pre)
         quantize_static(

@@ -124,54 +124,20 @@ def _quantize(float_path: Path, int8_path: Path, x_cal: np.ndarray, log: Callabl
     """``sonogate.export.quantize.quantize_int8``; when ONNX Runtime's symbolic shape inference rejects the graph
     (seen with torch 2.11's exporter and onnxruntime 1.30 on the GPU machines), the same static QDQ recipe with
     plain ONNX shape inference; None (float-only bundle) when that fails too."""
-    from sonogate.export.quantize import QUANT_OPS, head_nodes, quantize_int8
+    from sonogate.export.quantize import quantize_int8
 
     log(f"quantising model.int8.onnx on {len(x_cal)} calibration radiographs")
-    try:
-        return quantize_int8(float_path, int8_path, x_cal)
-    except Exception as exc:  # noqa: BLE001 - a quantiser failure must not lose the float bundle
-        log(f"int8: symbolic shape inference failed ({type(exc).__name__}); retrying with ONNX shape inference")
-    import tempfile
-
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter([{INPUT_NAME: x_cal[s : s + 8]} for s in range(0, len(x_cal), 8)])
-
-        def get_next(self):
-            return next(self._it, None)
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
-            quantize_static(
-                str(pre),
-                str(int8_path),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(QUANT_OPS),
-                nodes_to_exclude=head_nodes(pre),
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-        return int8_path
-    except Exception as exc:  # noqa: BLE001
-        log(f"int8 skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-        int8_path.unlink(missing_ok=True)
-        return None
+    for skip_symbolic_shape in (False, True):
+        try:
+            return quantize_int8(float_path, int8_path, x_cal, skip_symbolic_shape=skip_symbolic_shape)
+        except Exception as exc:  # noqa: BLE001 - a quantiser failure must not lose the float bundle
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if not skip_symbolic_shape:
+                log(f"int8: symbolic shape inference failed ({reason}); retrying with ONNX shape inference")
+            else:
+                log(f"int8 skipped: {reason}")
+    int8_path.unlink(missing_ok=True)
+    return None
 
 
 def _inputs(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
