@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def _ridge_path(z: np.ndarray, yc: np.ndarray, lambdas: np.ndarray) -> np.ndarra
     return (shrink * uty[None, :]) @ vt
 
 
-class _UpperBoundSurrogate:
+class _UpperBoundSurrogate(ABC):
     """Shared calibration, bound and JSON logic. Subclasses implement ``fit``, ``predict`` and the model dict."""
 
     kind = ""
@@ -162,11 +163,13 @@ class _UpperBoundSurrogate:
         return ai_hat, ai_hat + self.radius_
 
     # -- JSON --------------------------------------------------------------------------------------------
+    @abstractmethod
     def _model_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The fitted model's own parameters, for ``to_dict``."""
 
+    @abstractmethod
     def _set_model(self, model: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore what ``_model_dict`` wrote."""
 
     def to_dict(self) -> dict[str, Any]:
         if not hasattr(self, "n_fit_"):

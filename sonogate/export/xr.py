@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sonogate.errors import DataError, SonogateError
+from sonogate.export.bundle import _inputs, _latency_ms, _pick, _prepare_out_dir
 from sonogate.export.onnx_export import INPUT_NAME, export_onnx, ort_session, run_ort
 from sonogate.runtime.bundle import Preprocessing, write_manifest
 from sonogate.runtime.xr import IHDI_GRADES, WHOLE_PELVIS, XR_TASK
@@ -33,7 +34,6 @@ FLOAT_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPENVINO_DIR = "openvino"
 PARITY_FILE = "parity.json"
-BUNDLE_ENTRIES = {FLOAT_FILE, INT8_FILE, OPENVINO_DIR, PARITY_FILE, "manifest.json", "calibration.json"}
 AI_PARITY_GOAL_DEG = 0.5
 
 
@@ -52,49 +52,6 @@ class XrExportOptions:
     progress: bool = True
     latency_runs: int = 20
     seed: int = 0
-
-
-def _pick(n: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of at most ``limit`` of ``n`` rows."""
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
-def _latency_ms(fn: Callable[[np.ndarray], object], x1: np.ndarray, runs: int) -> dict:
-    """Median / p90 wall time of single-image calls after 3 warm-ups."""
-    import time
-
-    for _ in range(3):
-        fn(x1)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x1)
-        times.append((time.perf_counter() - t) * 1000)
-    return {
-        "median_ms": round(float(np.median(times)), 2),
-        "p90_ms": round(float(np.percentile(times, 90)), 2),
-        "runs": runs,
-    }
-
-
-def _prepare_out_dir(out_dir: Path, force: bool) -> None:
-    """Create the bundle folder; replace a non-empty one only with ``force`` and only when it holds nothing but
-    bundle files (never wipe a folder that was not a bundle)."""
-    import shutil
-
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise SonogateError(f"bundle folder {out_dir} is not empty (use --force to overwrite)")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in BUNDLE_ENTRIES)
-        if foreign:
-            raise SonogateError(
-                f"refusing to overwrite {out_dir}: it holds non-bundle files ({', '.join(foreign[:3])})"
-            )
-        for entry in out_dir.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 # ORT vs torch tolerance per output. Angles come out of atan2 of float32 differences of landmarks, so they
@@ -138,10 +95,6 @@ def _quantize(float_path: Path, int8_path: Path, x_cal: np.ndarray, log: Callabl
                 log(f"int8 skipped: {reason}")
     int8_path.unlink(missing_ok=True)
     return None
-
-
-def _inputs(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    return ((images.astype(np.float32) / 255.0 - pre.mean) / pre.std)[:, None]
 
 
 def _versions() -> dict:
