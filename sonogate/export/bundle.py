@@ -323,7 +323,6 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
     save_ood(out_dir / OOD_FILE, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in ood.items()}, image_ood)
     (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n")
 
-    metrics = ckpt.get("metrics", {})
     manifest = {
         "task": "hip_us",
         "modality": "ultrasound",
@@ -369,23 +368,30 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
             "finetune_last_stage": bool(cfg.get("finetune_last_stage")),
             "landmarks": list(ckpt.get("landmark_names", [])),
         },
-        "provenance": {
-            "training_data": {
-                "description": f"labelled folder {ckpt['data']['path']} ({ckpt['data']['n_images']} frames); "
-                f"unlabelled: {ckpt['data']['unlabelled'] or 'none'}",
-                "licence": ckpt["data"].get("licence", ""),
-            },
-            "seed": cfg["seed"],
-            "versions": {**ckpt.get("versions", {}), **_versions()},
-            "train_command": ckpt.get("command", ""),
-            "export_command": " ".join(sys.argv),
-            "train_config": cfg,
-            "metrics": {k: metrics[k] for k in ("heldout", "val", "split") if k in metrics},
-        },
+        "provenance": provenance(ckpt, "labelled folder", "frames"),
     }
     digest = write_manifest(out_dir, manifest)
     log(f"bundle written: {out_dir} ({', '.join(models)})")
     return digest
+
+
+def provenance(ckpt: dict, folder_kind: str, unit: str) -> dict:
+    """The manifest's provenance block of a training checkpoint (shared by the ultrasound and X-ray export):
+    training data and licence, seed, library versions, train and export commands, config, held-out metrics."""
+    cfg, data, metrics = ckpt["config"], ckpt["data"], ckpt.get("metrics", {})
+    return {
+        "training_data": {
+            "description": f"{folder_kind} {data['path']} ({data['n_images']} {unit}); "
+            f"unlabelled: {data['unlabelled'] or 'none'}",
+            "licence": data.get("licence", ""),
+        },
+        "seed": cfg["seed"],
+        "versions": {**ckpt.get("versions", {}), **_versions()},
+        "train_command": ckpt.get("command", ""),
+        "export_command": " ".join(sys.argv),
+        "train_config": cfg,
+        "metrics": {k: metrics[k] for k in ("heldout", "val", "split") if k in metrics},
+    }
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

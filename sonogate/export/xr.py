@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sonogate.errors import DataError, SonogateError
-from sonogate.export.bundle import _inputs, _latency_ms, _pick, _prepare_out_dir
+from sonogate.export.bundle import _inputs, _latency_ms, _pick, _prepare_out_dir, provenance
 from sonogate.export.onnx_export import INPUT_NAME, export_onnx, ort_session, run_ort
 from sonogate.runtime.bundle import Preprocessing, write_manifest
 from sonogate.runtime.xr import IHDI_GRADES, WHOLE_PELVIS, XR_TASK
@@ -95,20 +94,6 @@ def _quantize(float_path: Path, int8_path: Path, x_cal: np.ndarray, log: Callabl
                 log(f"int8 skipped: {reason}")
     int8_path.unlink(missing_ok=True)
     return None
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    import sonogate
-
-    out = {"python": platform.python_version(), "sonogate": sonogate.__version__}
-    for dist in ("torch", "torchvision", "onnx", "onnxruntime", "openvino"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # provenance only
-            out[dist] = None
-    return out
 
 
 def _compare(outputs: dict, ref: dict, truth: np.ndarray, truth_px: np.ndarray, boxes: np.ndarray, names) -> dict:
@@ -294,7 +279,6 @@ def export_xr_bundle(
             "to_image": "x_img = x * side - 0.5 - pad_x, y_img = y * side - 0.5 - pad_y; side = max(H, W), "
             "pad_x = (side - W) // 2, pad_y = (side - H) // 2",
         }
-    metrics = ckpt.get("metrics", {})
     manifest = {
         "task": XR_TASK,
         "modality": "radiograph",
@@ -315,19 +299,7 @@ def export_xr_bundle(
             "landmarks": list(ckpt.get("landmark_names", [])),
             "encoder": "SimSiam-pretrained, frozen",
         },
-        "provenance": {
-            "training_data": {
-                "description": f"labelled X-ray folder {ckpt['data']['path']} ({ckpt['data']['n_images']} "
-                f"radiographs); unlabelled: {ckpt['data']['unlabelled'] or 'none'}",
-                "licence": ckpt["data"].get("licence", ""),
-            },
-            "seed": cfg["seed"],
-            "versions": {**ckpt.get("versions", {}), **_versions()},
-            "train_command": ckpt.get("command", ""),
-            "export_command": " ".join(sys.argv),
-            "train_config": cfg,
-            "metrics": {k: metrics[k] for k in ("heldout", "val", "split") if k in metrics},
-        },
+        "provenance": provenance(ckpt, "labelled X-ray folder", "radiographs"),
     }
     digest = write_manifest(out_dir, manifest)
     log(f"X-ray bundle written: {out_dir} ({', '.join(models)})")
