@@ -120,6 +120,8 @@ def form_image(
     contrast: float = 1.0,
     vignette: float = 0.0,
     row_gain: np.ndarray | None = None,
+    looks: int = 1,
+    grain: float = 0.0,
 ) -> np.ndarray:
     """B-mode grey image from tissue maps.
 
@@ -129,7 +131,12 @@ def form_image(
     sweep): ``gain_offset_db`` added to the preset gain, ``contrast`` dividing the dynamic range (> 1
     contrastier), ``vignette`` darkening at the lateral edges (share of the grey range lost at the very
     edge); ``row_gain`` (n,) float32 extra amplitude factor per row after detection (TGC sliders; None =
-    flat, the schematic style). Output: uint8 (size, size), as acquired (rows = depth).
+    flat, the schematic style); ``looks`` > 1 averages the envelopes of that many independent speckle
+    realisations (the field rolled by a few resolution cells per look: the tissue stays, the speckle
+    decorrelates), as spatial compounding does on real carts (1 = the schematic style); ``grain`` the sd in
+    grey levels of a pixel-level noise added after log compression (the scan converter's and video
+    encoder's fine grain, taken from the scatterer field: no extra random draws; 0 = none). Output: uint8
+    (size, size), as acquired (rows = depth).
     """
     n = diffuse.shape[0]
     gain, noise, haze, lut, norm = _device_maps(device, n)
@@ -145,12 +152,21 @@ def form_image(
 
     amplitude = cv2.multiply(diffuse, transmission)
     amplitude = cv2.scaleAdd(amplitude, norm, noise)  # tissue * norm + receiver noise
-    real = cv2.multiply(field[0], amplitude)
-    real += cv2.multiply(specular, transmission)
-    imag = cv2.multiply(field[1], amplitude)
-    real = cv2.GaussianBlur(real, (0, 0), sigmaX=sigma_lat, sigmaY=sigma_ax, borderType=cv2.BORDER_REFLECT)
-    imag = cv2.GaussianBlur(imag, (0, 0), sigmaX=sigma_lat, sigmaY=sigma_ax, borderType=cv2.BORDER_REFLECT)
-    envelope = cv2.magnitude(real, imag)
+    coherent = cv2.multiply(specular, transmission)
+    envelope = None
+    for look in range(max(1, int(looks))):
+        planes = field if look == 0 else np.roll(field, (17 * look, 29 * look), axis=(1, 2))
+        real = cv2.multiply(planes[0], amplitude)
+        real += coherent
+        imag = cv2.multiply(planes[1], amplitude)
+        real = cv2.GaussianBlur(real, (0, 0), sigmaX=sigma_lat, sigmaY=sigma_ax, borderType=cv2.BORDER_REFLECT)
+        imag = cv2.GaussianBlur(imag, (0, 0), sigmaX=sigma_lat, sigmaY=sigma_ax, borderType=cv2.BORDER_REFLECT)
+        if envelope is None:
+            envelope = cv2.magnitude(real, imag)
+        else:
+            envelope += cv2.magnitude(real, imag)
+    if looks > 1:
+        envelope *= np.float32(1.0 / looks)
     envelope = cv2.multiply(envelope, gain)
     if row_gain is not None:
         envelope *= row_gain[:, None]
@@ -170,6 +186,8 @@ def form_image(
     if vignette > 0:  # lens / aperture fall-off toward the lateral edges, in grey levels
         x = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
         display -= (np.float32(255.0 * vignette) * (2.0 * x) ** 4)[None, :]
+    if grain > 0:
+        display += field[0, ::-1] * np.float32(grain)  # flipped: uncorrelated with the speckle it formed
     np.clip(display, 0.0, 255.0, out=display)
     image = display.astype(np.uint8)
     if device.gamma != 1.0:
