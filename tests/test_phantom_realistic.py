@@ -178,3 +178,83 @@ def test_cli_accepts_style(tmp_path):
     assert args.style == "realistic" and args.func(args) == 0 and (tmp_path / "c.csv").is_file()
     with pytest.raises(SystemExit):
         _parse(["phantom", "us", "--n", "2", "--out", str(tmp_path / "w"), "--style", "fancy"])
+
+
+# --- the realistic painter and imaging chain -------------------------------------------------------------------
+
+
+def test_compounded_looks_lower_speckle_contrast_and_defaults_keep_the_schematic_chain():
+    """Averaging independent speckle looks lowers the grain of uniform tissue (compounding); grain adds
+    pixel noise; the defaults (looks=1, grain=0) are the schematic chain exactly."""
+    from sonogate.phantom.acoustics import form_image, new_speckle_field
+    from sonogate.phantom.devices import get_device
+
+    n = 128
+    device = get_device("A")
+    field = new_speckle_field(np.random.default_rng(0), n)
+    diffuse = np.full((n, n), 0.3, np.float32)
+    zeros = np.zeros((n, n), np.float32)
+    one = form_image(diffuse, zeros, zeros, device, field, n)
+    assert np.array_equal(one, form_image(diffuse, zeros, zeros, device, field, n, looks=1, grain=0.0))
+    three = form_image(diffuse, zeros, zeros, device, field, n, looks=3)
+    mid = (slice(40, 90), slice(20, 108))  # away from the near field and the aperture roll-off
+    ratio = three[mid].astype(float).std() / one[mid].astype(float).std()
+    assert 0.4 < ratio < 0.8, ratio  # about 1/sqrt(3) before the log and display blur
+    grainy = form_image(diffuse, zeros, zeros, device, field, n, grain=10.0)
+    assert np.abs(np.diff(grainy[mid].astype(float), axis=1)).mean() > np.abs(np.diff(one[mid].astype(float), axis=1)).mean()
+
+
+def test_realistic_anatomy_shadows_under_bone_and_a_bright_ischium():
+    """Where real scans are dark (behind the ilium, behind the femoral neck) and bright (the ischium cap)."""
+    for seed in range(4):
+        frame = _frame(seed, "A", 256, "", "realistic")
+        img = frame.image.astype(np.float32)
+        lm = frame.landmarks
+        x, y = (round(v) for v in lm["baseline_top"])
+        above = img[max(0, y - 25) : y - 8, max(0, x - 10) : x + 10].mean()
+        shadow = img[y + 12 : y + 40, max(0, x - 10) : x + 10].mean()
+        assert shadow < 0.7 * above, (seed, shadow, above)
+        cx, cy = lm["head_center"]
+        r = 0.5 * frame.extras["head_radius_px"]
+        head = img[round(cy - r) : round(cy + r), round(cx - r) : round(cx + r)].mean()
+        ix, iy = (round(v) for v in lm["ischium"])
+        cap = img[iy - 6 : iy + 6, ix - 6 : ix + 6].max()
+        assert cap > 2.0 * head, (seed, cap, head)
+
+
+def test_separability_auc_is_chance_for_one_domain_and_one_for_two():
+    from sonogate.phantom import realism
+
+    same_a = realism.phantom_images(24, 1, ("A", "B"))
+    same_b = realism.phantom_images(24, 2, ("A", "B"))
+    auc_same = realism.separability_auc(same_a, same_b)
+    assert 0.2 < auc_same < 0.8, auc_same
+    washed = realism.phantom_images(24, 3, ("X_extreme_gain",))
+    assert realism.separability_auc(same_a, washed) > 0.95
+
+
+def test_blind_sheet_hides_the_answer_in_a_key():
+    from sonogate.phantom import realism
+
+    real = [np.full((256, 256), 30, np.uint8)] * 8
+    phantom = [np.full((256, 256), 200, np.uint8)] * 8
+    sheet, key = realism.blind_sheet(real, phantom, count=10, seed=4, tile=64)
+    assert sorted(key) == ["phantom"] * 5 + ["real"] * 5
+    assert sheet.shape == (2 * (18 + 64), 5 * 64, 3)
+    # Tile j (row-major) shows what the key says: real tiles are the dark ones.
+    for j, answer in enumerate(key):
+        row, col = divmod(j, 5)
+        tile = sheet[18 + row * 82 + 20 : 18 + row * 82 + 60, col * 64 + 10 : col * 64 + 54, 0]
+        assert (tile.mean() < 100) == (answer == "real"), (j, answer)
+
+
+def test_realistic_style_is_closer_to_real_scans_than_the_schematic(shared_data):
+    """On the real SPJ standard planes: the realistic style is nearer in the runtime's image statistics
+    (median Mahalanobis distance to a fit on the real frames) than the schematic style of the same hips."""
+    from sonogate.phantom import realism
+
+    real = realism.real_standard_planes(shared_data.parent)
+    assert len(real) >= 20
+    sets = {style: realism.phantom_images(24, 5, ("A", "B"), style=style) for style in realistic.STYLES}
+    dist = realism.ood_distances(real, sets)
+    assert dist["realistic"]["to_real_median"] < 0.85 * dist["schematic"]["to_real_median"], dist

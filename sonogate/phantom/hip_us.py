@@ -42,7 +42,14 @@ from sonogate.errors import SonogateError
 from sonogate.measurements import graf_type as _graf_type
 from sonogate.phantom.acoustics import form_image, internal_size, new_speckle_field
 from sonogate.phantom.devices import ScannerDevice, get_device
-from sonogate.phantom.realistic import check_style, real_look, realistic_device, tgc_row_gain
+from sonogate.phantom.realistic import (
+    REALISTIC_GRAIN,
+    REALISTIC_LOOKS,
+    check_style,
+    real_look,
+    realistic_device,
+    tgc_row_gain,
+)
 
 DEFECTS: tuple[str, ...] = ("tilt", "no_labrum", "no_lower_limb", "anterior", "posterior")
 EXTRA_DEFECTS: tuple[str, ...] = ("no_chondro_osseous", "poor_capsule")
@@ -581,8 +588,12 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
                 look: _Look | None = None, style: str = "schematic") -> tuple[np.ndarray, ...]:
     """Tissue maps (diffuse, specular, bone) float32 (npx, npx) for ``scene``; ``style="realistic"`` adds
     the layers of ``sonogate.phantom.realistic`` on top (the schematic maps are computed identically)."""
-    k = npx / depth_mm  # px per mm
     look = look or _sweep_look(params.tissue_seed)
+    if style == "realistic":
+        from sonogate.phantom.realistic import draw_scene
+
+        return draw_scene(scene, params, npx, depth_mm, look)
+    k = npx / depth_mm  # px per mm
     tex = np.random.default_rng(params.tissue_seed)  # per-hip texture: identical across frames of a hip
     specular = np.zeros((npx, npx), np.float32)
     bone = np.zeros((npx, npx), np.float32)
@@ -806,10 +817,6 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         _fill(specular, pts, 7.0)
         _fill(bone, pts, 0.12)
     specular += cv2.multiply(bspec, _modulation_field(params.tissue_seed, npx))
-    if style == "realistic":
-        from sonogate.phantom.realistic import add_realism
-
-        add_realism(scene, params, npx, depth_mm, look, drape, diffuse, specular, bone)
     return diffuse, specular, bone
 
 
@@ -866,7 +873,8 @@ def render_us_frame(
         real = real_look(params.tissue_seed)
         image = form_image(diffuse, specular, bone, realistic_device(dev), speckle_field, int(size),
                            gain_offset_db=look.gain_db + real.gain_db, contrast=look.contrast,
-                           vignette=look.vignette, row_gain=tgc_row_gain(real, n_int))
+                           vignette=look.vignette, row_gain=tgc_row_gain(real, n_int),
+                           looks=REALISTIC_LOOKS, grain=REALISTIC_GRAIN)
     else:
         image = form_image(diffuse, specular, bone, dev, speckle_field, int(size), gain_offset_db=look.gain_db,
                            contrast=look.contrast, vignette=look.vignette)

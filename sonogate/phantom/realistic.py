@@ -1,25 +1,33 @@
 """The ``"realistic"`` rendering style of the ultrasound phantom (opt-in; ``"schematic"`` stays the default).
 
-The schematic style (``hip_us._draw_scene`` + ``acoustics.form_image``) is geometrically exact but clean: thin
-smooth bone arcs on uniform speckle, a thin soft-tissue layer. A model bundle was trained on it and the runtime
-checks the low-level statistics of its input against those frames, so the schematic pixels must not change.
-This module adds, on top of the same tissue maps and the same geometry (labels and landmarks are identical
-for a given seed), what real infant-hip scans show:
+The schematic style (``hip_us._draw_scene`` + ``acoustics.form_image``) is geometrically exact but reads as
+drawn: thin smooth bone arcs that hook round under the head like a bowl, a crescent "smile" for the ischium,
+grainy uniform speckle, a thin soft-tissue layer. A model bundle was trained on it and the runtime checks the
+low-level statistics of its input against those frames, so the schematic pixels must not change.
 
-* a bright subcutaneous band of dense, wavy, discontinuous fibrous streaks, with a bright superficial fascia
-  at its floor and a near-field haze;
-* gluteal muscles with an oblique striated texture and long, wavy, interrupted intermuscular septa that fan
-  out from the ilium / rim region and drape over the joint (hypoechoic muscle bellies below them);
-* thick bright bone echoes (ilium, bony roof, lower limb) with a broad glow, a reverberation copy, and a
-  strong but grainy posterior shadow;
-* a brighter, irregular capsule and perichondrium, more "starry sky" dots in the cartilaginous head, blotchy
-  deep tissue;
-* finer speckle (smaller resolution cell, less post-blur), a log-compression window closer to real carts,
-  and per-sweep TGC banding (slider-to-slider gain steps along depth).
+This module paints the same scene (same geometry, so labels and landmarks are identical for a given seed)
+the way the real SPJ standard planes in ``../shared/data`` look (``draw_scene``):
+
+* a bright subcutaneous band of dense fine streaks with a bright superficial fascia at its floor;
+* dark gluteal muscle crossed by long, gently undulating, bright fasciae that follow the layers, rise
+  caudally and converge on the ilium, with fainter perimysium lines between them;
+* the ilium as a thick bright echo with a sharp top and a dense shadow; the bony roof from the rim down to
+  the lower limb and no further (no bowl under the head);
+* a dark cartilaginous head with many small "starry sky" flecks, the perichondrium over the cartilage
+  roof, the echogenic labrum and a capsule that arches over the head onto the femoral neck;
+* the femoral neck / greater trochanter as a big bright arc on the right with a deep shadow below it;
+* the ischium as a bright, filled cancellous cap in a cloud of triradiate cartilage, softly shadowed;
+* echo strength varying along every interface and a short pulse-length tail under strong reflectors.
+
+The imaging chain is the device's with three compounded speckle looks (``REALISTIC_LOOKS``: smoother,
+finer grain, as spatial compounding gives on real carts), a finer axial cell, less post-blur, a display
+gamma that keeps muscle dark and reflectors saturated (``_GAMMA``), pixel-level grain after log
+compression (``REALISTIC_GRAIN``) and per-sweep TGC banding (``tgc_row_gain``).
 
 Everything here draws from per-hip generators seeded by ``HipParams.tissue_seed`` (so frames of a sweep share
 their anatomy texture) and never from the frame's ``rng``: the frame generator is consumed exactly as in the
 schematic style, so both styles give the same labels, landmarks and scatterer field for the same seed.
+How close it gets, measured: ``sonogate.phantom.realism`` and ``docs/phantom.md``.
 """
 
 from __future__ import annotations
@@ -35,9 +43,12 @@ from sonogate.phantom.devices import ScannerDevice
 
 STYLES: tuple[str, ...] = ("schematic", "realistic")
 DEFAULT_STYLE = "schematic"
-_GAIN_DB = -7.0  # the realistic chain relative to the preset: a little darker, a wider log window
+_GAIN_DB = -2.0
+_GAMMA = 1.3  # an S-ish grey map: dark muscle, saturated reflectors, few mid greys (as on real carts)  # the realistic chain relative to the preset: a little darker, a wider log window
 _DR_DB = 6.0
 _SPEC_SCALE = 0.4
+REALISTIC_GRAIN = 10.0  # grey levels of pixel-level grain after log compression (real captures have it)
+REALISTIC_LOOKS = 3  # compounded speckle looks (real carts compound steered frames: smoother grain)
 
 
 def check_style(style: str) -> str:
@@ -55,14 +66,15 @@ def realistic_device(device: ScannerDevice) -> ScannerDevice:
     a finer grain than the schematic presets), a lower gain, more clutter in the shadows. The render scale (and so the internal grid and the scatterer field shape) is unchanged."""
     return replace(
         device,
-        speckle_px=device.speckle_px * 0.62,
-        axial_ratio=device.axial_ratio * 0.75,
-        blur_px=device.blur_px * 0.55,
+        speckle_px=device.speckle_px * 0.8,
+        axial_ratio=device.axial_ratio * 0.45,
+        blur_px=device.blur_px * 0.4,
         gain_db=device.gain_db + _GAIN_DB,
         dynamic_range_db=device.dynamic_range_db + _DR_DB,
-        haze=device.haze * 1.3,
-        noise_floor=device.noise_floor * 1.3,
-        smoothing=0.6 * device.smoothing,
+        haze=device.haze * 0.6,
+        noise_floor=device.noise_floor * 0.9,
+        smoothing=min(0.5, device.smoothing),
+        gamma=device.gamma * _GAMMA,
     )
 
 
@@ -73,6 +85,7 @@ class RealLook:
     band_mm: float  # thickness of the bright subcutaneous band
     band_gain: float  # its brightness
     septa: int  # number of long intermuscular septa
+    muscle_gain: float  # muscle backscatter relative to nominal
     fibre_slope: float  # rise of the muscle striation per pixel to the right
     tgc_db: tuple[float, ...]  # TGC slider offsets (dB) from skin to depth
     gain_db: float  # overall gain correction of the style
@@ -87,7 +100,8 @@ def real_look(seed: int) -> RealLook:
     return RealLook(
         band_mm=float(g.uniform(2.5, 5.5)),
         band_gain=float(g.uniform(0.8, 1.3)),
-        septa=int(g.integers(3, 7)),
+        septa=int(g.integers(5, 11)),
+        muscle_gain=float(g.uniform(0.7, 1.4)),
         fibre_slope=float(g.uniform(-0.28, -0.08)),
         tgc_db=tuple(float(v) for v in tgc),
         gain_db=float(g.normal(0.0, 1.5)),
@@ -165,147 +179,212 @@ def _wobble(g: np.random.Generator, count: int, width: int) -> np.ndarray:
     return np.convolve(g.standard_normal(count + 2 * width), _hann(width), "valid")[:count]
 
 
-def _soften_schematic(scene, npx: int, depth_mm: float, drape: np.ndarray, specular: np.ndarray) -> None:
-    """Tone down what the schematic style overdraws: its evenly bright soft-tissue lines (the realistic
-    layers replace them) and its large, bright "starry sky" dots (real ones are fine and sparse)."""
-    k = npx / depth_mm
-    c, r = scene.head_center * k, scene.head_radius * k
-    rows = np.arange(npx, dtype=np.float32)[:, None]
-    soft = rows < (drape.astype(np.float32) - np.float32(0.55 * r))[None, :]
-    specular *= np.where(soft, np.float32(0.15), np.float32(1.0))
-    head = np.zeros_like(specular)
-    cv2.circle(head, (round(c[0] * 16), round(c[1] * 16)), round(0.96 * r * 16), 1.0, -1, cv2.LINE_8, 4)
-    specular *= 1.0 - np.float32(0.7) * head
-
-
-def add_realism(
-    scene,
-    params,
-    npx: int,
-    depth_mm: float,
-    look,
-    drape: np.ndarray,
-    diffuse: np.ndarray,
-    specular: np.ndarray,
-    bone: np.ndarray,
-) -> None:
-    """Add the realistic-style tissue to the schematic maps in place (see module doc).
-
-    ``scene``/``params``/``look`` are ``hip_us``'s scene, hip and per-sweep look, ``drape`` the per-column
-    depth (px) of the top of the deep structures, the maps float32 (npx, npx)."""
+def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue maps (diffuse, specular, bone) float32 (npx, npx) of the realistic style for ``hip_us``'s
+    ``scene`` (geometry in mm, as acquired), ``params`` (the hip) and ``look`` (per-sweep operator look)."""
     from sonogate.phantom import hip_us as h
 
     rl = real_look(params.tissue_seed)
-    _soften_schematic(scene, npx, depth_mm, drape, specular)
-    g = np.random.default_rng([params.tissue_seed, 0x5EA1])
+    g = np.random.default_rng([params.tissue_seed, 0x5EA2])
     k = npx / depth_mm
+    mm = lambda v: max(1.0, v * k)
     c, r = scene.head_center * k, scene.head_radius * k
     u, n = scene.u, scene.n
-    rows = np.arange(npx, dtype=np.float32)
-    # (thinner where the joint comes close to the skin; at least a pixel)
-    band = max(1.0, min(rl.band_mm * k, max(0.5 * float(drape.min()), 1.5 * k)))
-    xs = np.linspace(-0.05 * npx, 1.05 * npx, 40)
+    rows = np.arange(npx, dtype=np.float32)[:, None]
+    drape = h._drape_profile(scene, k, npx)
+    band = float(np.clip(rl.band_mm * k, 2.0, 0.45 * float(drape.min())))
+    xs = np.linspace(-0.05 * npx, 1.05 * npx, 48)
     xcol = np.clip(xs, 0, npx - 1).astype(int)
+    specular = np.zeros((npx, npx), np.float32)
+    bone = np.zeros((npx, npx), np.float32)
 
-    # Subcutaneous band: dense fine streaks (fat lobules and fibrous septa), brightest in the dermis.
-    fine = _streak_field(params.tissue_seed, npx, 1, 0.18 * npx, 0.45 * npx / 256.0 + 0.25, 0.0)
-    edge = band + 0.6 * k * _wobble(g, npx, 12).astype(np.float32)  # floor of the band, per column
-    inside = np.clip((edge[None, :] - rows[:, None]) / (0.6 * k) + 0.5, 0.0, 1.0)
-    near = (0.55 + 0.45 * np.exp(-rows / (0.35 * band)))[:, None]
-    tex = cv2.exp(fine * np.float32(0.9))
-    diffuse += (np.float32(2.4 * rl.band_gain) * inside * near) * tex
-    streaks = cv2.max(fine - np.float32(0.9), 0.0)
-    specular += (np.float32(22.0 * rl.band_gain) * inside) * streaks
-    # Superficial fascia at the floor of the band: a bright, wavy, interrupted line.
-    pts = np.stack([xs, band + 0.5 * k * _wobble(g, len(xs), 4)], axis=1)
-    gaps = np.where(_wobble(g, len(xs) - 1, 2) < -0.9, 0.15, 1.0)
-    h._segments(specular, pts, 14.0 * gaps * np.exp(0.35 * g.standard_normal(len(xs) - 1)), max(1.0, 0.35 * k))
+    # Soft tissue: a bright subcutaneous band (dense fine streaks), then muscle (dim, faintly striated along
+    # the fibres), blotchy deeper tissue; levels are backscatter amplitudes (1 = bright tissue).
+    floor = (band + 0.5 * k * _wobble(g, npx, 10)).astype(np.float32)[None, :]
+    in_band = np.clip((floor - rows) / (0.5 * k) + 0.5, 0.0, 1.0)
+    below_drape = np.clip((rows - drape.astype(np.float32)[None, :]) / (0.6 * r), 0.0, 1.0)
+    fine = _streak_field(params.tissue_seed, npx, 1, 0.25 * npx, 0.35 * npx / 256.0 + 0.2, 0.0)
+    fibres = _streak_field(params.tissue_seed, npx, 2, 0.12 * npx, 0.45 * npx / 256.0 + 0.25, rl.fibre_slope)
+    blobs = _blob_field(params.tissue_seed, npx, 14)
+    muscle_level = np.float32(0.11 * rl.muscle_gain)
+    diffuse = cv2.exp(fibres * np.float32(0.35) + blobs * np.float32(0.2)) * muscle_level
+    diffuse += (in_band * np.float32(0.4 * rl.band_gain)) * cv2.exp(fine * np.float32(0.8))
+    diffuse *= cv2.exp(below_drape * (blobs * np.float32(0.35) + np.float32(0.3)))
 
-    # Gluteal muscles between the band and the joint: oblique striation (fascicles) in the bellies.
-    fib = _streak_field(params.tissue_seed, npx, 2, 0.07 * npx, 0.5 * npx / 256.0 + 0.3, rl.fibre_slope)
-    muscle = (rows[:, None] > edge[None, :]) & (rows[:, None] < drape[None, :].astype(np.float32) - 0.2 * r)
-    diffuse *= cv2.exp(np.where(muscle, fib * np.float32(0.55), np.float32(0.0)).astype(np.float32))
-
-    # Intermuscular septa (gluteus medius / minimus fasciae): long, wavy, interrupted lines that fan out from
-    # the tissue just above the rim, run on cranially over the ilium and rise toward the skin caudally,
-    # draping over the capsule; a hypoechoic muscle belly lies just below each.
-    rim = scene.rim * k
-    limit = drape[xcol] - 0.12 * r
-    for j in range(rl.septa):
-        pc = rim - g.uniform(0.3, 0.9) * r * n - g.uniform(-0.3, 1.0) * r * u
-        y_end = band + 0.6 * k + g.uniform(0.05, 0.8) * max(pc[1] - band - 0.6 * k, 0.0)
-        s_right = np.clip((xs - pc[0]) / max(xs[-1] - pc[0], 1.0), 0.0, 1.0)
-        ys = np.where(
-            xs > pc[0],
-            pc[1] + (y_end - pc[1]) * s_right ** g.uniform(0.55, 1.1),
-            pc[1] + g.uniform(-0.12, 0.06) * (xs - pc[0]),
-        )
-        ys = np.minimum(ys + 0.35 * k * _wobble(g, len(xs), 3), limit)
-        ys = np.maximum(ys, band + 0.5 * k)
-        a, b = int(g.integers(0, 8)), len(xs) - int(g.integers(0, 6))
-        seg = np.stack([xs[a:b], ys[a:b]], axis=1)
-        gaps = np.where(_wobble(g, len(seg) - 1, 2) < -0.8, 0.08, 1.0)
-        values = g.uniform(6.0, 15.0) * gaps * np.exp(0.5 * _wobble(g, len(seg) - 1, 2))
-        h._segments(specular, seg, values, max(1.0, 0.2 * k))
-        h._polyline(diffuse, seg + np.array([0.0, 0.9 * k]), 0.07, max(1.0, 0.9 * k))
-    # Perimysium: shorter, fainter lines between them, following the layers.
-    deep = drape[xcol] - 0.25 * r
-    t = (xs - xs[0]) / (xs[-1] - xs[0])
-    for _ in range(int(g.integers(5, 11))):
-        f_left, f_right = g.uniform(0.5, 1.0), g.uniform(0.05, 0.8)
-        f = f_left + (f_right - f_left) * t
-        ys = band + 0.8 * k + f * np.maximum(deep - band - 0.8 * k, 0.0) + 0.45 * k * _wobble(g, len(xs), 3)
+    # Skin entry line and the superficial fascia at the floor of the band.
+    h._polyline(specular, np.array([[0, 0.25 * k], [npx, 0.25 * k]]), 3.0, mm(0.25))
+    _wavy_line(specular, diffuse, g, xs, band + 0.3 * k * _wobble(g, len(xs), 5), 6.0 * rl.band_gain, mm(0.25), 0.0)
+    # Fasciae between the muscles: long, gently wavy lines following the layers, which drape over the joint
+    # and converge on the ilium; a few fainter perimysium lines between them.
+    top_line = band + 0.6 * k
+    deep = drape[xcol] - 0.15 * r
+    fractions = np.sort(g.uniform(0.08, 0.97, rl.septa))
+    for j, f in enumerate(fractions):
+        tilt = g.uniform(-0.9, 0.15)
+        share = np.clip(f + tilt * (xs / npx - 0.5), 0.02, 0.99)
+        ys = top_line + share * np.maximum(deep - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
+        ys = ys + 0.6 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
+        a = int(g.integers(0, 6)) if g.random() < 0.7 else int(g.integers(0, len(xs) // 2))
+        b = len(xs) - int(g.integers(0, 6))
+        _wavy_line(specular, diffuse, g, xs[a:b], ys[a:b], g.uniform(14.0, 30.0), 1.0, 0.5)
+    for _ in range(int(g.integers(10, 22))):
+        f = g.uniform(0.0, 1.0) ** 1.3
+        ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.4 * k * _wobble(g, len(xs), 10)
+        a = int(g.integers(0, len(xs) - 10))
+        b = min(len(xs), a + int(g.integers(8, 30)))
+        _wavy_line(specular, diffuse, g, xs[a:b], ys[a:b], g.uniform(3.0, 8.0), 1.0, 0.0)
+    # Dense fine septa in the subcutaneous band.
+    for _ in range(int(g.integers(12, 24))):
+        y0 = g.uniform(0.15, 0.95) * band
         a = int(g.integers(0, len(xs) - 8))
-        b = min(len(xs), a + int(g.integers(6, 20)))
-        seg = np.stack([xs[a:b], ys[a:b]], axis=1)
-        h._segments(specular, seg, g.uniform(2.0, 5.0) * np.exp(0.5 * _wobble(g, len(seg) - 1, 2)), max(1.0, 0.18 * k))
+        b = min(len(xs), a + int(g.integers(6, 40)))
+        ys = y0 + 0.2 * k * _wobble(g, b - a, 8)
+        _wavy_line(specular, diffuse, g, xs[a:b], ys, g.uniform(4.0, 10.0) * rl.band_gain, 1.0, 0.0)
 
-    # Capsule and perichondrium: thicker, brighter, irregular.
+    defect = scene.defect
+    roof = scene.roof * k
     lab = scene.labrum * k
-    if scene.defect != "poor_capsule":
-        top = c - 1.3 * r * n + 0.2 * r * u
-        tb = np.linspace(0.0, 1.0, 18)[:, None]
-        cap = (1 - tb) ** 2 * (lab - 0.15 * r * n) + 2 * (1 - tb) * tb * top + tb**2 * (c + 1.3 * r * u - 0.9 * r * n)
-        cap = cap - (0.12 * r) * n[None, :] + (0.06 * r * _wobble(g, len(cap), 2))[:, None] * n[None, :]
-        values = g.uniform(2.0, 5.5) * np.exp(0.55 * _wobble(g, len(cap) - 1, 1))
-        h._segments(specular, cap, values, max(1.0, 0.4 * k))
-        h._polyline(diffuse, cap, 0.25, max(1.0, 1.0 * k))
+    low = scene.lower_limb * k
+    rim = scene.rim * k
+    mc, mr = scene.metaphysis_center * k, scene.metaphysis_radius * k
+    center = tuple(round(v * 16) for v in c)
 
-    # Cartilaginous head: more "starry sky" (vascular channels): tiny bright dots.
-    count = int(g.integers(10, 40))
+    # Joint: hypoechoic cartilage (acetabular roof, head, trochanter), the head with sparse bright specks.
+    cart = np.vstack([roof[::-1], lab[None, :], c + 1.02 * r * (lab - c) / max(1e-6, float(np.hypot(*(lab - c)))),
+                      c, low[None, :]])
+    h._fill(diffuse, cart, 0.05)
+    h._ellipse(diffuse, c + 1.3 * r * u - 0.3 * r * n, (1.0 * r, 0.7 * r), math.degrees(math.atan2(u[1], u[0])), 0.06)
+    cv2.circle(diffuse, center, round(r * 16), 0.06, -1, cv2.LINE_8, 4)
+    count = int(g.integers(40, 110))
     rad = r * 0.92 * np.sqrt(g.random(count))
     th = g.uniform(0.0, 2.0 * math.pi, count)
-    sx = np.clip((c[0] + rad * np.cos(th)).astype(int), 0, npx - 1)
-    sy = np.clip((c[1] + rad * np.sin(th)).astype(int), 0, npx - 1)
-    specular[sy, sx] += g.uniform(0.8, 2.5, count).astype(np.float32)
+    sx = c[0] + rad * np.cos(th)
+    sy = c[1] + rad * np.sin(th)
+    for x, y, v, w in zip(sx, sy, g.uniform(0.8, 4.5, count) ** 1.3, g.uniform(0.1, 0.6, count) * k * 0.3):
+        cv2.line(specular, (round((x - w) * 16), round(y * 16)), (round((x + w) * 16), round(y * 16)), float(v), 1,
+                 cv2.LINE_8, 4)
+    cv2.circle(specular, center, round(1.01 * r * 16), 0.5, 1, cv2.LINE_8, 4)  # faint perichondrium
 
-    # Bone: thick bright echoes with a broad glow and a reverberation copy, then a dense shadow band.
-    roof = scene.roof * k
-    if scene.defect == "no_lower_limb":
-        roof = roof[: max(3, int(len(roof) * 0.55))]
+    # Perichondrium over the cartilage roof (rim -> labrum), the capsule from the labrum over the head and on
+    # to the neck, the gluteus minimus fascia above it: the bright arch over the head on real scans.
+    if defect != "poor_capsule":
+        top = c - (1.22 + 0.1 * g.random()) * r * n + 0.15 * r * u
+        end = mc - (mr + 0.15 * r) * n + 0.2 * mr * u
+        tb = np.linspace(0.0, 1.0, 20)[:, None]
+        cap = (1 - tb) ** 2 * (lab - 0.1 * r * n) + 2 * (1 - tb) * tb * top + tb**2 * end
+        cap = cap + (0.03 * r * _wobble(g, len(cap), 4))[:, None] * n[None, :]
+        _wavy_line(specular, diffuse, g, cap[:, 0], cap[:, 1], g.uniform(1.5, 5.0), mm(0.3), 0.3, points=cap)
+        peri = np.vstack([rim - 0.1 * r * n, 0.5 * (rim + lab) - 0.25 * r * n, lab - 0.12 * r * n])
+        _wavy_line(specular, diffuse, g, peri[:, 0], peri[:, 1], g.uniform(4.0, 7.0), mm(0.3), 0.0, points=peri)
+        h._polyline(diffuse, cap, 0.3, mm(0.9))
+    else:
+        smear = np.zeros_like(diffuse)  # capsule not resolved: a smeared, low-contrast region over the head
+        h._ellipse(smear, c - 0.8 * r * n, (1.2 * r, 0.5 * r), 0.0, 1.0)
+        diffuse += cv2.GaussianBlur(smear, (0, 0), 0.3 * r) * cv2.exp(fibres * np.float32(0.5)) * np.float32(0.12)
+    if defect != "no_labrum":
+        radial = (lab - c) / max(1e-6, float(np.hypot(*(lab - c))))
+        tangent = np.array([-radial[1], radial[0]])
+        if tangent @ u < 0:
+            tangent = -tangent
+        tri = np.stack([lab - 0.14 * r * radial - 0.2 * r * tangent, lab + 0.18 * r * radial - 0.2 * r * tangent,
+                        lab + 0.05 * r * radial + 0.5 * r * tangent])
+        h._fill(diffuse, tri, 0.9)
+        h._fill(specular, tri, 1.2)
+    else:
+        h._ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.05)
+
+    # Bone: bright echoes with a sharp top, a short pulse-length tail and a strong shadow.
+    mu = 2.3 / mm(0.8)
+    _bone_echo(specular, bone, g, scene.ilium * k, n, 40.0, mu, k)
+    roof_drawn = roof if defect != "no_lower_limb" else roof[: max(3, int(len(roof) * 0.55))]
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
-    for pts, into, peak in ((scene.ilium * k, n, 20.0), (roof, m_away, 15.0)):
-        pts = h._resample(pts, max(1.5, 0.6 * k))
-        d = np.diff(pts, axis=0)
-        cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-        vals = peak * (0.3 + 0.7 * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
-        h._segments(specular, pts + (0.35 * k) * into, vals, max(1.0, 0.9 * k))  # thick bright core
-        h._segments(specular, pts + (0.2 * k) * into, 0.25 * vals, max(2.0, 2.2 * k))  # glow
-        h._segments(specular, pts + (1.7 * k) * into, 0.08 * vals, max(1.0, 0.5 * k))  # reverberation
-        h._polyline(bone, pts + (1.2 * k) * into, 1.5 / max(1.0, 0.7 * k), max(1.0, 0.7 * k))
-    if scene.defect != "no_lower_limb":
-        h._ellipse(specular, scene.lower_limb * k, (1.1 * k, 0.7 * k), math.degrees(math.atan2(u[1], u[0])), 8.0)
+    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45)
+    if defect != "no_lower_limb":
+        h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
+    # Ischium (a rounded bony cap) in a cloud of triradiate cartilage and fat below the joint.
+    isc = scene.ischium * k
+    isc_angle = math.degrees(math.atan2(u[1], u[0]))
+    h._ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
+    h._ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
+    size, squash, bright = g.uniform(0.38, 0.6), g.uniform(0.6, 0.95), g.uniform(0.5, 1.2)
+    dome = h._arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
+    dome[:, 1] = isc[1] + (dome[:, 1] - isc[1]) * squash
+    dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
+    cap_mask = np.zeros_like(specular)
+    h._ellipse(cap_mask, isc + 0.05 * r * n, (0.9 * size * r, 0.6 * size * r * squash), isc_angle + g.normal(0, 8), 1.0)
+    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.12 * r)
+    specular += cap_mask * cv2.exp(blobs * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous, soft below
+    halo = np.zeros_like(specular)
+    h._ellipse(halo, isc - 0.2 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
+    diffuse += cv2.GaussianBlur(halo, (0, 0), 0.3 * r) * cv2.exp(blobs * np.float32(0.6)) * np.float32(0.25)
+    _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
+    h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.3 * k * n, 0.7 * mu, mm(0.8))
+    # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
+    if defect != "no_chondro_osseous":
+        facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
+        # Not a perfect circle: the radius wanders away from the point that faces the head (the landmark
+        # stays on the drawn surface), the top flattens, and the trochanter runs on to the right.
+        angles = np.linspace(facing - 25.0, facing + 125.0, 28)
+        away = np.clip(np.abs(angles - facing) / 60.0, 0.0, 1.0)
+        radius = mr * (1.0 + away * (0.07 * _wobble(g, len(angles), 5) + g.uniform(0.0, 0.12)))
+        t = np.radians(angles)
+        arc = np.stack([mc[0] + radius * np.cos(t), mc[1] + radius * np.sin(t)], axis=1)
+        top_y = arc[:, 1].min()
+        arc[:, 1] = np.where(arc[:, 1] < top_y + 0.25 * mr, top_y + 0.25 * mr - 0.6 * (top_y + 0.25 * mr - arc[:, 1]),
+                             arc[:, 1])
+        if arc[-1, 0] < npx:  # the trochanter's surface continues laterally, gently descending
+            run = np.linspace(arc[-1, 0], npx * 1.05, 8)
+            tail = np.stack([run, arc[-1, 1] + g.uniform(0.05, 0.3) * (run - arc[-1, 0])], axis=1)
+            arc = np.vstack([arc, tail[1:]])
+        inward = np.array([0.0, 1.0]) * np.ones((len(arc), 1))
+        inward[: len(angles)] = (mc[None, :] - arc[: len(angles)]) / np.hypot(*(mc[None, :] - arc[: len(angles)]).T)[:, None]
+        _bone_echo(specular, bone, g, arc, inward, 24.0 * g.uniform(0.7, 1.2), 0.5 * mu, k, floor=0.35)
+    if params.ossific_nucleus_mm > 0:
+        rn = params.ossific_nucleus_mm * k
+        pts = h._arc_points(c + 0.1 * r * n, rn, 0, 360, 14) + g.normal(0.0, 0.12 * rn, (14, 2))
+        h._fill(specular, pts, 5.0)
+        h._fill(bone, pts, 0.12)
 
-    # Pulse length and reverberation: every strong reflector trails off downward over about a millimetre, so
-    # bone and fascia echoes are thick bands with a bright top edge rather than thin lines.
-    # Echo strength varies along every interface (roughness, angle, partial volume): patchy, broken lines.
-    specular *= cv2.exp(_blob_field(params.tissue_seed ^ 0x7A7, npx, 32) * np.float32(0.4)) * np.float32(_SPEC_SCALE)
-    kernel = _tail_kernel(round(0.9 * k))
+    # Echo strength varies along every interface; every strong reflector trails off downward (pulse length).
+    specular *= cv2.exp(_blob_field(params.tissue_seed ^ 0x7A7, npx, 24) * np.float32(0.35)) * np.float32(_SPEC_SCALE)
+    kernel = _tail_kernel(round(0.45 * k))
     specular += cv2.filter2D(specular, -1, kernel, anchor=(0, len(kernel) - 1), borderType=cv2.BORDER_CONSTANT)
+    # Shadows have soft edges (beam width, refraction at curved bone): widen the attenuation laterally.
+    bone = cv2.GaussianBlur(bone, (0, 0), sigmaX=1.2 * k, sigmaY=0.2 * k)
+    return diffuse, specular, bone
 
-    # Deep tissue below the joint: blotchy (other muscles, fat, the pelvis), a bit brighter in places.
-    blobs = _blob_field(params.tissue_seed, npx)
-    below = np.clip((rows[:, None] - drape[None, :].astype(np.float32)) / (0.8 * r), 0.0, 1.0)
-    diffuse *= cv2.exp(below * blobs * np.float32(0.45))
-    # Near-field haze: reverberation between skin and the first layers (incoherent, it speckles).
-    diffuse += (np.float32(0.25) * np.exp(-rows / (0.25 * band)))[:, None]
+
+def _wavy_line(specular, diffuse, g, xs, ys, level, thickness, belly, points=None) -> None:
+    """A fascia-like reflector: brightness varying along it, short gaps; ``belly`` > 0 darkens a band just
+    below it (the hypoechoic muscle under a fascia)."""
+    from sonogate.phantom import hip_us as h
+
+    pts = points if points is not None else np.stack([xs, ys], axis=1)
+    if len(pts) < 2:
+        return
+    m = len(pts) - 1
+    gaps = np.where(_wobble(g, m, 2) < -1.3, 0.15, 1.0)
+    values = level * gaps * np.exp(0.35 * _wobble(g, m, 4))
+    h._segments(specular, pts, 0.15 * values, 2.5 * thickness)  # beam-width glow
+    h._segments(specular, pts, values, thickness)
+    if belly > 0:
+        h._polyline(diffuse, pts + np.array([0.0, 2.5 * thickness]), 0.12, 2.5 * thickness)
+
+
+def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25) -> None:
+    """Bone surface: a bright, slightly rough echo (dimmer where oblique to the beams) with a glow, and the
+    attenuating band on the bone side that casts the shadow. ``into`` (2,) or (len(pts), 2) points into bone."""
+    from sonogate.phantom import hip_us as h
+
+    pts = h._resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
+    into = np.broadcast_to(np.asarray(into, dtype=np.float64), pts.shape) if np.ndim(into) == 1 else \
+        np.array([np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, len(into)), into[:, i]) for i in (0, 1)]).T
+    pts = pts + (0.08 * k * _wobble(g, len(pts), 4))[:, None] * into
+    d = np.diff(pts, axis=0)
+    cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
+    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.6 * k))  # glow
+    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.75 * k))  # core
+    h._segments(specular, pts + 0.7 * k * into, 0.25 * values, max(1.0, 0.5 * k))  # tail inside the bone
+    if mu > 0:
+        h._polyline(bone, pts + 1.1 * k * into, mu, max(1.0, 0.8 * k))
