@@ -221,6 +221,63 @@ def ood_distances(real: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarra
     return out
 
 
+def separability_auc(real: Sequence[np.ndarray], phantom: Sequence[np.ndarray], folds: int = 5,
+                     seed: int = 0) -> float:
+    """How well a classifier tells ``real`` from ``phantom`` frames on the runtime's image-statistics
+    descriptor (160 x 160, as in ``ood_distances``): out-of-fold ROC AUC of a shrinkage linear discriminant
+    (Ledoit-Wolf pooled covariance, stratified ``folds``-fold cross-validation, features standardised on the
+    training folds). 0.5 = indistinguishable by these statistics, 1.0 = perfectly separable. A statistical
+    stand-in for "a reader could mistake one for the other at a glance", not a reader study."""
+    from sonogate.data.folder import resize_gray
+    from sonogate.export.ood import ledoit_wolf
+    from sonogate.runtime.image_stats import describe_images
+
+    def describe(images):
+        return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
+
+    x = np.concatenate([describe(real), describe(phantom)]).astype(np.float64)
+    y = np.concatenate([np.ones(len(real)), np.zeros(len(phantom))])
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=int)
+    for label in (0, 1):  # stratified: each fold gets its share of both classes
+        idx = rng.permutation(np.flatnonzero(y == label))
+        fold[idx] = np.arange(len(idx)) % folds
+    scores = np.empty(len(y))
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-9
+        z = (x - mu) / sd
+        m1, m0 = z[train & (y == 1)].mean(0), z[train & (y == 0)].mean(0)
+        centred = np.concatenate([z[train & (y == 1)] - m1, z[train & (y == 0)] - m0])
+        cov, _ = ledoit_wolf(centred)
+        w = np.linalg.solve(cov + 1e-9 * np.eye(len(cov)), m1 - m0)
+        scores[test] = z[test] @ w
+    return _auc(scores[y == 1], scores[y == 0])
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC = P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    diff = positive[:, None] - negative[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def blind_sheet(real: Sequence[np.ndarray], phantom: Sequence[np.ndarray], count: int = 12, seed: int = 0,
+                tile: int = 160) -> tuple[np.ndarray, list[str]]:
+    """A reader test: ``count`` tiles, about half real and half phantom, shuffled and numbered without saying
+    which is which. Returns (sheet BGR uint8, key: "real" / "phantom" per tile number, left to right, top
+    to bottom)."""
+    rng = np.random.default_rng(seed)
+    n_real = min(len(real), count // 2)
+    n_ph = min(len(phantom), count - n_real)
+    picks = [("real", real[i]) for i in rng.choice(len(real), n_real, replace=False)]
+    picks += [("phantom", phantom[i]) for i in rng.choice(len(phantom), n_ph, replace=False)]
+    order = rng.permutation(len(picks))
+    tiles = [(str(j + 1), picks[i][1]) for j, i in enumerate(order)]
+    key = [picks[i][0] for i in order]
+    half = (len(tiles) + 1) // 2
+    return contact_sheet([("", tiles[:half]), ("", tiles[half:])], tile=tile), key
+
+
 def _mp(fitted: dict) -> dict:
     return {"mean": fitted["mean"], "precision": fitted["precision"]}
 
@@ -298,8 +355,8 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
     phantom_sub = []
     for defect in ("tilt", "no_labrum", "no_lower_limb", "anterior", "posterior", "no_chondro_osseous"):
         params = sample_hip_params(rng)
-        phantom_sub.append((f"phantom {defect}", render_us_frame(params, rng, "A", 256, defect).image))
-    sheet_rows.append(("PHANTOM substandard (defects)", phantom_sub))
+        phantom_sub.append((f"realistic {defect}", render_us_frame(params, rng, "A", 256, defect, style="realistic").image))
+    sheet_rows.append(("PHANTOM substandard (defects, realistic style)", phantom_sub))
     ood = render_us_frame(sample_hip_params(rng), rng, "X_extreme_gain", 256).image
     sheet = contact_sheet(sheet_rows + [("PHANTOM OOD device X_extreme_gain", [("X_extreme_gain", ood)])])
     cv2.imwrite(str(out_dir / "phantom_contact_sheet.png"), sheet, _PNG)
@@ -342,6 +399,16 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
         stats["_ood"] = ood_distances(real_std, {"phantom A+B": train_imgs, "phantom A+B realistic": real_imgs,
                                                  "phantom D (held out)": held_imgs,
                                                  "real Radiopaedia": [im for _, im in real_rp]})
+        stats["_separability_auc"] = {
+            name: separability_auc(real_std, images)
+            for name, images in (("phantom A+B", train_imgs), ("phantom A+B realistic", real_imgs),
+                                 ("phantom D (held out)", held_imgs), ("real Radiopaedia", [im for _, im in real_rp]),
+                                 ("real SPJ substandard", [im for _, im in real_sub]))
+            if len(images) >= 10
+        }
+        sheet, key = blind_sheet(real_std, phantom_images(12, seed + 5, horizontal, style="realistic"), seed=seed)
+        cv2.imwrite(str(out_dir / "phantom_blind_sheet.png"), sheet, _PNG)
+        stats["_blind_sheet_key"] = key
     (out_dir / "realism_stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
@@ -365,6 +432,9 @@ def stats_markdown(stats: dict) -> str:
         for name, row in stats["_ood"].items():
             lines.append(f"| {name} | {row['to_real_median']:.1f} | {row['to_real_p90']:.1f} | "
                          f"{row['real_to_it_median']:.1f} | {row['count']} |")
+    if "_separability_auc" in stats:
+        lines += ["", "| set vs real SPJ standard planes | cross-validated AUC (0.5 = indistinguishable) |", "|---|---:|"]
+        lines += [f"| {name} | {auc:.2f} |" for name, auc in stats["_separability_auc"].items()]
     return "\n".join(lines)
 
 
