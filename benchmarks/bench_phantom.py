@@ -50,6 +50,9 @@ def run(frames: int, size: int = 256) -> dict:
     results["us_frame_defects_A"] = _timed(
         lambda i: hip_us.render_us_frame(hips[i], rng, "A", size, defects[i % len(defects)]), frames)
     layout = chrome.make_chrome(np.random.default_rng(1), (size, size))
+    for name in ("A", "B"):
+        results[f"us_frame_realistic_{name}"] = _timed(
+            lambda i, d=name: hip_us.render_us_frame(hips[i], rng, d, size, style="realistic"), frames)
     results["us_frame_with_chrome_A"] = _timed(
         lambda i: layout.compose(hip_us.render_us_frame(hips[i], rng, "A", size).image, i / 15.0), frames)
     sweep = cine.sweep_frames(3, frames / 15.0 + 1.0, 15.0, size=size, chrome=True)
