@@ -189,6 +189,14 @@ def phantom_images(count: int, seed: int, devices: Sequence[str], standard: bool
 OOD_SIZE = 160  # the bundle's input side: the descriptor is computed on what the model would see
 
 
+def _descriptors(images: Sequence[np.ndarray]) -> np.ndarray:
+    """The runtime's image-statistics descriptors (n, DESCRIPTOR_DIM) of grey images resized to the bundle input."""
+    from sonogate.data.folder import resize_gray
+    from sonogate.runtime.image_stats import describe_images
+
+    return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
+
+
 def ood_distances(real: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarray]]) -> dict[str, dict[str, float]]:
     """Mahalanobis distances on the runtime's image-statistics descriptor, every image resized to 160 x 160.
 
@@ -197,12 +205,9 @@ def ood_distances(real: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarra
     real frames to a fit on the set: the reverse direction). ``"real (leave-one-out)"``: each real frame to a
     fit on the others, the scale of an in-distribution distance.
     """
-    from sonogate.data.folder import resize_gray
     from sonogate.export.ood import fit_ood, mahalanobis
-    from sonogate.runtime.image_stats import describe_images
 
-    def describe(images):
-        return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
+    describe = _descriptors
 
     def fit(feats):
         return fit_ood(feats, np.empty((0, feats.shape[1])))
@@ -228,14 +233,9 @@ def separability_auc(real: Sequence[np.ndarray], phantom: Sequence[np.ndarray], 
     (Ledoit-Wolf pooled covariance, stratified ``folds``-fold cross-validation, features standardised on the
     training folds). 0.5 = indistinguishable by these statistics, 1.0 = perfectly separable. A statistical
     stand-in for "a reader could mistake one for the other at a glance", not a reader study."""
-    from sonogate.data.folder import resize_gray
     from sonogate.export.ood import ledoit_wolf
-    from sonogate.runtime.image_stats import describe_images
 
-    def describe(images):
-        return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
-
-    x = np.concatenate([describe(real), describe(phantom)]).astype(np.float64)
+    x = np.concatenate([_descriptors(real), _descriptors(phantom)]).astype(np.float64)
     y = np.concatenate([np.ones(len(real)), np.zeros(len(phantom))])
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), dtype=int)
