@@ -95,6 +95,14 @@ def register(subparsers) -> None:
     r.set_defaults(func=cmd_policy_report)
 
 
+def save_calibration(cal, out: Path) -> None:
+    """Write ``cal`` (a ``CalibrationFile``) to ``out``; an OS error becomes a one-line SonogateError."""
+    try:
+        cal.save(out)
+    except OSError as exc:
+        raise SonogateError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
 def _thresholds(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
@@ -181,10 +189,7 @@ def cmd_calibrate(args) -> int:
         guarantee=args.guarantee,
     )
     out = Path(args.out) if args.out else bundle.calibration_path
-    try:
-        cal.save(out)
-    except OSError as exc:
-        raise SonogateError(f"cannot write {out}: {exc.strerror or exc}") from None
+    save_calibration(cal, out)
 
     d = cal.data
     print(

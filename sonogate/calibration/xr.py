@@ -350,7 +350,7 @@ def cmd_calibrate_xr(args) -> int:
     apply: the verdict is fixed, one image per radiograph)."""
     import hashlib
 
-    from sonogate.calibration.cli import _thresholds
+    from sonogate.calibration.cli import _thresholds, save_calibration
     from sonogate.calibration.fit import read_predictions_csv
 
     try:
@@ -393,10 +393,7 @@ def cmd_calibrate_xr(args) -> int:
         guarantee=args.guarantee,
     )
     out = Path(args.out) if args.out else bundle.calibration_path
-    try:
-        cal.save(out)
-    except OSError as exc:
-        raise SonogateError(f"cannot write {out}: {exc.strerror or exc}") from None
+    save_calibration(cal, out)
     d = cal.data
     print(
         f"calibrated X-ray bounds per radiograph (max over both hips), mode {cal.mode}, delta {cal.delta:g}, "
