@@ -102,7 +102,9 @@ def _device_maps(device: ScannerDevice, n: int) -> tuple[np.ndarray, np.ndarray,
     depth = (np.arange(n, dtype=np.float32) + 0.5) / n
     haze = np.ascontiguousarray(np.broadcast_to((device.haze * (0.15 + 2.0 * depth**2))[:, None], (n, n)),
                                 dtype=np.float32)
-    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** device.gamma + 0.5, 0, 255).astype(np.uint8)
+    # Reject: grey levels below ``device.reject`` show black (scanners' low-level echo threshold).
+    grey = np.clip((np.arange(256) - device.reject) / (255.0 - device.reject), 0.0, 1.0)
+    lut = np.clip(255.0 * grey**device.gamma + 0.5, 0, 255).astype(np.uint8)
     for array in (gain, noise, haze, lut):
         array.setflags(write=False)
     return gain, noise, haze, lut, norm
@@ -134,7 +136,7 @@ def form_image(
     flat, the schematic style); ``looks`` > 1 averages the envelopes of that many independent speckle
     realisations (the field rolled by a few resolution cells per look: the tissue stays, the speckle
     decorrelates), as spatial compounding does on real carts (1 = the schematic style); ``grain`` the sd in
-    grey levels of a pixel-level noise added after log compression (the scan converter's and video
+    grey levels (at grey 64 and above, fading to 0 in black) of a pixel-level noise added after log compression (the scan converter's and video
     encoder's fine grain, taken from the scatterer field: no extra random draws; 0 = none). Output: uint8
     (size, size), as acquired (rows = depth).
     """
@@ -186,11 +188,9 @@ def form_image(
     if vignette > 0:  # lens / aperture fall-off toward the lateral edges, in grey levels
         x = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
         display -= (np.float32(255.0 * vignette) * (2.0 * x) ** 4)[None, :]
-    if grain > 0:
-        display += field[0, ::-1] * np.float32(grain)  # flipped: uncorrelated with the speckle it formed
     np.clip(display, 0.0, 255.0, out=display)
     image = display.astype(np.uint8)
-    if device.gamma != 1.0:
+    if device.gamma != 1.0 or device.reject > 0:
         image = cv2.LUT(image, lut)
     if device.blur_px > 0:
         blur = device.blur_px * n / 256.0
@@ -198,6 +198,10 @@ def form_image(
     if device.smoothing > 0:  # speckle reduction: blend in a smoothed copy (edges stay, grain softens)
         soft = cv2.GaussianBlur(image, (0, 0), sigmaX=1.6 * n / 256.0, sigmaY=0.8 * n / 256.0)
         image = cv2.addWeighted(image, 1.0 - device.smoothing, soft, device.smoothing, 0.0)
+    if grain > 0:  # last, as the scan converter / video encoder adds it; fades out in black (no signal)
+        grey = image.astype(np.float32)
+        grey += field[0, ::-1] * cv2.min(grey, 64.0) * np.float32(grain / 64.0)  # flipped: not the speckle's
+        image = np.clip(grey, 0.0, 255.0).astype(np.uint8)
     if n != size:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return image

@@ -37,6 +37,8 @@ class ScannerDevice:
     noise_floor: electronic noise amplitude relative to tissue (speckle-like grain in acoustic shadows).
     haze: incoherent clutter / reverberation level, growing with depth (the grey veil over shadows).
     gamma: display gamma applied after log compression (> 1 darkens mid-greys).
+    reject: grey level (0-255, before the gamma) below which the display is black, the scanner's reject
+        control that hides low-level noise; the rest of the range is stretched to fill 0-255.
     focus_depth_frac: depth of the transmit focus as a share of the depth (brighter, sharper band).
     footprint_frac: share of the image width covered by the transducer aperture (< 1 leaves black sides).
     smoothing: speckle reduction (share of a smoothed copy blended in, 0..1), as scanners' image processing.
@@ -59,6 +61,7 @@ class ScannerDevice:
     noise_floor: float = 0.004
     haze: float = 0.09
     gamma: float = 1.0
+    reject: float = 0.0
     focus_depth_frac: float = 0.5
     footprint_frac: float = 1.0
     smoothing: float = 0.45
@@ -72,6 +75,8 @@ class ScannerDevice:
             raise SonogateError(f"device {self.name}: depth_mm {self.depth_mm} outside 10..120")
         if not (0.25 <= self.render_scale <= 1.0):
             raise SonogateError(f"device {self.name}: render_scale {self.render_scale} outside 0.25..1")
+        if not (0.0 <= self.reject < 128.0):
+            raise SonogateError(f"device {self.name}: reject {self.reject} outside 0..128")
         if self.dynamic_range_db <= 5.0:
             raise SonogateError(f"device {self.name}: dynamic_range_db must be > 5")
 
