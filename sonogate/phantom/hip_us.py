@@ -48,6 +48,7 @@ from sonogate.phantom.realistic import (
     check_style,
     real_look,
     realistic_device,
+    realistic_view,
     tgc_row_gain,
 )
 
@@ -305,7 +306,11 @@ def _build_scene(
     probe_shift_mm: tuple[float, float],
     probe_rot_deg: float,
     rng: np.random.Generator,
+    view: tuple[float, float, float] | None = None,
 ) -> _Scene:
+    """The frame's geometry in mm of the picture: ``view`` = (left, top, width) mm of the imaged field in the
+    acquisition frame (None: the device's whole field, (0, 0, ``depth_mm``))."""
+    view_left, view_top, view_width = view if view is not None else (0.0, 0.0, depth_mm)
     off = plane_offset
     alpha = params.alpha_deg + PLANE_ALPHA_SLOPE_DEG * off
     beta = params.beta_deg + PLANE_BETA_SLOPE_DEG * off
@@ -318,7 +323,8 @@ def _build_scene(
         tilt += float(rng.choice([-1.0, 1.0]) * rng.uniform(6.0, 12.0))
     u = np.array([math.cos(math.radians(tilt)), math.sin(math.radians(tilt))])
     n = np.array([-u[1], u[0]])  # +90 deg in image axes (y down): points deep
-    rim = np.array([params.rim_x_frac * depth_mm + probe_shift_mm[0], params.rim_depth_mm + probe_shift_mm[1]])
+    rim = np.array([params.rim_x_frac * depth_mm + probe_shift_mm[0] - view_left,
+                    params.rim_depth_mm + probe_shift_mm[1] - view_top])
 
     a_rad, b_rad = math.radians(alpha), math.radians(beta)
     v_roof = math.cos(a_rad) * u + math.sin(a_rad) * n
@@ -345,7 +351,7 @@ def _build_scene(
     labrum = rim + t_lab * v_cart
 
     # Baseline landmarks on the straight iliac contour; keep the top one inside the image.
-    room = (rim[0] - 0.04 * depth_mm) / max(abs(u[0]), 0.3)
+    room = (rim[0] - 0.04 * view_width) / max(abs(u[0]), 0.3)
     # Off the middle plane only the part of the ilium next to the rim stays straight.
     longest = 2.2 * r if abs(off) <= STANDARD_OFFSET_LIMIT else 1.0 * r
     s_top = float(np.clip(room, 0.6 * r, longest))
@@ -862,9 +868,12 @@ def render_us_frame(
         raise SonogateError(f"phantom image size must be an integer >= 32, got {size!r}")
     defect, plane_offset = _resolve_defect(defect, plane_offset, rng)
     n_int = internal_size(dev, int(size))
-    scene = _build_scene(params, defect, plane_offset, dev.depth_mm, probe_shift_mm, probe_rot_deg, rng)
+    # The realistic style frames the joint as sonographers do (zoomed so the head fills about 40 % of the
+    # width, the rim a little below mid-depth); the schematic style images the device's whole field.
+    view = realistic_view(params, dev.depth_mm) if realistic else (0.0, 0.0, dev.depth_mm)
+    scene = _build_scene(params, defect, plane_offset, dev.depth_mm, probe_shift_mm, probe_rot_deg, rng, view)
     look = _sweep_look(params.tissue_seed)  # operator / patient variation, fixed for the hip's sweep
-    diffuse, specular, bone = _draw_scene(scene, params, n_int, dev.depth_mm, look, style)
+    diffuse, specular, bone = _draw_scene(scene, params, n_int, view[2], look, style)
     if speckle_field is None:
         speckle_field = new_speckle_field(rng, n_int)
     elif speckle_field.shape != (2, n_int, n_int):
@@ -882,7 +891,7 @@ def render_us_frame(
     if vertical:
         image = np.ascontiguousarray(image.T)
 
-    k = n_int / dev.depth_mm
+    k = n_int / view[2]
     r = scene.head_radius
     raw = {
         "baseline_top": scene.baseline_top,

@@ -43,10 +43,11 @@ from sonogate.phantom.devices import ScannerDevice
 
 STYLES: tuple[str, ...] = ("schematic", "realistic")
 DEFAULT_STYLE = "schematic"
-_GAIN_DB = -2.0
+_GAIN_DB = 1.0
 _GAMMA = 1.3  # an S-ish grey map: dark muscle, saturated reflectors, few mid greys (as on real carts)  # the realistic chain relative to the preset: a little darker, a wider log window
 _DR_DB = 6.0
 _SPEC_SCALE = 0.4
+_REJECT = 5.0  # grey levels shown black: real carts' reject keeps shadows and the head truly black
 REALISTIC_GRAIN = 10.0  # grey levels of pixel-level grain after log compression (real captures have it)
 REALISTIC_LOOKS = 3  # compounded speckle looks (real carts compound steered frames: smoother grain)
 
@@ -66,15 +67,16 @@ def realistic_device(device: ScannerDevice) -> ScannerDevice:
     a finer grain than the schematic presets), a lower gain, more clutter in the shadows. The render scale (and so the internal grid and the scatterer field shape) is unchanged."""
     return replace(
         device,
-        speckle_px=device.speckle_px * 0.8,
-        axial_ratio=device.axial_ratio * 0.45,
+        speckle_px=device.speckle_px * 1.0,
+        axial_ratio=device.axial_ratio * 0.75,
         blur_px=device.blur_px * 0.4,
         gain_db=device.gain_db + _GAIN_DB,
         dynamic_range_db=device.dynamic_range_db + _DR_DB,
-        haze=device.haze * 0.6,
+        haze=device.haze * 0.3,
         noise_floor=device.noise_floor * 0.9,
         smoothing=min(0.5, device.smoothing),
         gamma=device.gamma * _GAMMA,
+        reject=_REJECT,
     )
 
 
@@ -98,14 +100,31 @@ def real_look(seed: int) -> RealLook:
     if g.random() < 0.5:  # one slider visibly off: a horizontal band
         tgc[int(g.integers(1, 8))] += float(g.choice([-1.0, 1.0]) * g.uniform(2.0, 4.0))
     return RealLook(
-        band_mm=float(g.uniform(2.5, 5.5)),
+        band_mm=float(g.uniform(3.5, 7.0)),
         band_gain=float(g.uniform(0.8, 1.3)),
         septa=int(g.integers(5, 11)),
-        muscle_gain=float(g.uniform(0.7, 1.4)),
-        fibre_slope=float(g.uniform(-0.28, -0.08)),
+        muscle_gain=float(g.uniform(0.6, 1.8)),
+        fibre_slope=float(g.uniform(-0.45, 0.1)),
         tgc_db=tuple(float(v) for v in tgc),
-        gain_db=float(g.normal(0.0, 1.5)),
+        gain_db=float(g.normal(0.0, 3.0)),
     )
+
+
+def realistic_view(params, depth_mm: float) -> tuple[float, float, float]:
+    """Imaged field (left_mm, top_mm, width_mm) of the realistic style, in the acquisition frame of
+    ``hip_us`` (x along the array, y depth), for hip ``params`` on a device imaging ``depth_mm``.
+
+    Sonographers zoom and centre on the joint: on the real SPJ standard planes the femoral head's radius is
+    about a fifth of the picture width, the bony rim sits a quarter of the width from the left edge and a
+    little below mid-depth, and the ischium reaches the lower edge. The schematic style images the device's
+    whole field, which leaves the joint small and high with an empty lower third. Fixed per hip (a sweep
+    keeps its framing; probe motion still moves the anatomy in the picture).
+    """
+    g = np.random.default_rng([params.tissue_seed, 0xF1E1D])
+    width = float(np.clip(params.head_radius_mm / g.uniform(0.17, 0.23), 0.6 * depth_mm, depth_mm))
+    left = params.rim_x_frac * depth_mm - float(g.uniform(0.2, 0.3)) * width
+    top = params.rim_depth_mm - float(g.uniform(0.5, 0.6)) * width
+    return left, top, width
 
 
 def tgc_row_gain(look: RealLook, n: int) -> np.ndarray:
@@ -197,49 +216,59 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     xcol = np.clip(xs, 0, npx - 1).astype(int)
     specular = np.zeros((npx, npx), np.float32)
     bone = np.zeros((npx, npx), np.float32)
+    shade = np.zeros((npx, npx), np.float32)
 
     # Soft tissue: a bright subcutaneous band (dense fine streaks), then muscle (dim, faintly striated along
     # the fibres), blotchy deeper tissue; levels are backscatter amplitudes (1 = bright tissue).
-    floor = (band + 0.5 * k * _wobble(g, npx, 10)).astype(np.float32)[None, :]
+    floor = (band + 0.4 * k * _wobble(g, npx, 40)).astype(np.float32)[None, :]
     in_band = np.clip((floor - rows) / (0.5 * k) + 0.5, 0.0, 1.0)
     below_drape = np.clip((rows - drape.astype(np.float32)[None, :]) / (0.6 * r), 0.0, 1.0)
     fine = _streak_field(params.tissue_seed, npx, 1, 0.25 * npx, 0.35 * npx / 256.0 + 0.2, 0.0)
     fibres = _streak_field(params.tissue_seed, npx, 2, 0.12 * npx, 0.45 * npx / 256.0 + 0.25, rl.fibre_slope)
     blobs = _blob_field(params.tissue_seed, npx, 14)
     muscle_level = np.float32(0.11 * rl.muscle_gain)
-    diffuse = cv2.exp(fibres * np.float32(0.35) + blobs * np.float32(0.2)) * muscle_level
-    diffuse += (in_band * np.float32(0.4 * rl.band_gain)) * cv2.exp(fine * np.float32(0.8))
+    diffuse = cv2.exp(fibres * np.float32(0.6) + blobs * np.float32(0.2)) * muscle_level
+    diffuse += (in_band * np.float32(0.45 * rl.band_gain)) * cv2.exp(fine * np.float32(1.4))
     diffuse *= cv2.exp(below_drape * (blobs * np.float32(0.35) + np.float32(0.3)))
 
     # Skin entry line and the superficial fascia at the floor of the band.
-    h._polyline(specular, np.array([[0, 0.25 * k], [npx, 0.25 * k]]), 3.0, mm(0.25))
-    _wavy_line(specular, diffuse, g, xs, band + 0.3 * k * _wobble(g, len(xs), 5), 6.0 * rl.band_gain, mm(0.25), 0.0)
+    if g.random() < 0.6:  # the probe face's echo: uneven, not on every scanner
+        _wavy_line(specular, shade, g, xs, np.full(len(xs), 0.25 * k), g.uniform(1.0, 3.0), mm(0.25), 0.0)
+    _wavy_line(specular, shade, g, xs, band + 0.3 * k * _wobble(g, len(xs), 5), 6.0 * rl.band_gain, mm(0.25), 0.0)
     # Fasciae between the muscles: long, gently wavy lines following the layers, which drape over the joint
     # and converge on the ilium; a few fainter perimysium lines between them.
     top_line = band + 0.6 * k
     deep = drape[xcol] - 0.15 * r
-    fractions = np.sort(g.uniform(0.08, 0.97, rl.septa))
-    for j, f in enumerate(fractions):
-        tilt = g.uniform(-0.9, 0.15)
-        share = np.clip(f + tilt * (xs / npx - 0.5), 0.02, 0.99)
-        ys = top_line + share * np.maximum(deep - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
-        ys = ys + 0.6 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
-        a = int(g.integers(0, 6)) if g.random() < 0.7 else int(g.integers(0, len(xs) // 2))
-        b = len(xs) - int(g.integers(0, 6))
-        _wavy_line(specular, diffuse, g, xs[a:b], ys[a:b], g.uniform(14.0, 30.0), 1.0, 0.5)
-    for _ in range(int(g.integers(10, 22))):
+    # Superficial layers run nearly straight; only the deep ones hug the joint's outline.
+    deep_flat = np.polyval(np.polyfit(xs, deep, 1), xs)
+    spacing = g.uniform(0.3, 1.7, rl.septa + 1)  # uneven layers (muscles differ in thickness)
+    fractions = 0.04 + 0.93 * np.cumsum(spacing)[:-1] / spacing.sum()
+    base_tilt = g.uniform(-0.5, 0.2)
+    for f in fractions:
+        # Each muscle boundary runs its own oblique, gently bowed course; neighbours are not parallel.
+        tilt, bow = base_tilt + g.uniform(-0.3, 0.3), g.uniform(-0.5, 0.5)
+        along = xs / npx - 0.5
+        share = np.clip(f + tilt * along + bow * (along**2 - 1.0 / 12.0), 0.02, 0.99)
+        hug = deep_flat + share**2 * (deep - deep_flat)
+        ys = top_line + share * np.maximum(hug - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
+        ys = ys + 0.15 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
+        a = int(g.integers(0, 6)) if g.random() < 0.5 else int(g.integers(0, len(xs) // 2))
+        b = len(xs) - (int(g.integers(0, 6)) if g.random() < 0.6 else int(g.integers(0, len(xs) // 3)))
+        # Superficial fasciae are the brightest (less tissue above them, square to the beam).
+        _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(7.0, 16.0) * (1.6 - f), 1.0, 0.5)
+    for _ in range(int(g.integers(20, 40))):  # short bright dashes: perimysium, fibre bundles
         f = g.uniform(0.0, 1.0) ** 1.3
-        ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.4 * k * _wobble(g, len(xs), 10)
-        a = int(g.integers(0, len(xs) - 10))
-        b = min(len(xs), a + int(g.integers(8, 30)))
-        _wavy_line(specular, diffuse, g, xs[a:b], ys[a:b], g.uniform(3.0, 8.0), 1.0, 0.0)
+        ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.15 * k * _wobble(g, len(xs), 10)
+        a = int(g.integers(0, len(xs) - 4))
+        b = min(len(xs), a + int(g.integers(3, 10)))
+        _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(1.5, 5.0), 1.0, 0.0)
     # Dense fine septa in the subcutaneous band.
     for _ in range(int(g.integers(12, 24))):
         y0 = g.uniform(0.15, 0.95) * band
         a = int(g.integers(0, len(xs) - 8))
         b = min(len(xs), a + int(g.integers(6, 40)))
         ys = y0 + 0.2 * k * _wobble(g, b - a, 8)
-        _wavy_line(specular, diffuse, g, xs[a:b], ys, g.uniform(4.0, 10.0) * rl.band_gain, 1.0, 0.0)
+        _wavy_line(specular, shade, g, xs[a:b], ys, g.uniform(6.0, 16.0) * rl.band_gain, 1.0, 0.0)
 
     defect = scene.defect
     roof = scene.roof * k
@@ -273,9 +302,9 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         tb = np.linspace(0.0, 1.0, 20)[:, None]
         cap = (1 - tb) ** 2 * (lab - 0.1 * r * n) + 2 * (1 - tb) * tb * top + tb**2 * end
         cap = cap + (0.03 * r * _wobble(g, len(cap), 4))[:, None] * n[None, :]
-        _wavy_line(specular, diffuse, g, cap[:, 0], cap[:, 1], g.uniform(1.5, 5.0), mm(0.3), 0.3, points=cap)
+        _wavy_line(specular, shade, g, cap[:, 0], cap[:, 1], g.uniform(4.0, 12.0), mm(0.3), 0.3, points=cap)
         peri = np.vstack([rim - 0.1 * r * n, 0.5 * (rim + lab) - 0.25 * r * n, lab - 0.12 * r * n])
-        _wavy_line(specular, diffuse, g, peri[:, 0], peri[:, 1], g.uniform(4.0, 7.0), mm(0.3), 0.0, points=peri)
+        _wavy_line(specular, shade, g, peri[:, 0], peri[:, 1], g.uniform(4.0, 7.0), mm(0.3), 0.0, points=peri)
         h._polyline(diffuse, cap, 0.3, mm(0.9))
     else:
         smear = np.zeros_like(diffuse)  # capsule not resolved: a smeared, low-contrast region over the head
@@ -299,6 +328,11 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     roof_drawn = roof if defect != "no_lower_limb" else roof[: max(3, int(len(roof) * 0.55))]
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
     _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45)
+    # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
+    # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
+    il = scene.ilium * k
+    end = roof_drawn[-1]
+    blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + 0.1 * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
     if defect != "no_lower_limb":
         h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
     # Ischium (a rounded bony cap) in a cloud of triradiate cartilage and fat below the joint.
@@ -306,19 +340,21 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     isc_angle = math.degrees(math.atan2(u[1], u[0]))
     h._ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
     h._ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
-    size, squash, bright = g.uniform(0.38, 0.6), g.uniform(0.6, 0.95), g.uniform(0.5, 1.2)
+    size, squash, bright = g.uniform(0.3, 0.5), g.uniform(0.8, 1.0), g.uniform(0.6, 1.2)
     dome = h._arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
     dome[:, 1] = isc[1] + (dome[:, 1] - isc[1]) * squash
     dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
     cap_mask = np.zeros_like(specular)
-    h._ellipse(cap_mask, isc + 0.05 * r * n, (0.9 * size * r, 0.6 * size * r * squash), isc_angle + g.normal(0, 8), 1.0)
-    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.12 * r)
+    # A ball: the cancellous bone fills the whole outline, fading toward the bottom (no flat floor).
+    h._ellipse(cap_mask, isc, (0.95 * size * r, 0.95 * size * r * squash), isc_angle + g.normal(0, 8), 1.0)
+    h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
+    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.05 * r)
     specular += cap_mask * cv2.exp(blobs * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous, soft below
     halo = np.zeros_like(specular)
     h._ellipse(halo, isc - 0.2 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
     diffuse += cv2.GaussianBlur(halo, (0, 0), 0.3 * r) * cv2.exp(blobs * np.float32(0.6)) * np.float32(0.25)
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
-    h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.3 * k * n, 0.7 * mu, mm(0.8))
+    h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
     if defect != "no_chondro_osseous":
         facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
@@ -330,7 +366,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         t = np.radians(angles)
         arc = np.stack([mc[0] + radius * np.cos(t), mc[1] + radius * np.sin(t)], axis=1)
         top_y = arc[:, 1].min()
-        arc[:, 1] = np.where(arc[:, 1] < top_y + 0.25 * mr, top_y + 0.25 * mr - 0.6 * (top_y + 0.25 * mr - arc[:, 1]),
+        arc[:, 1] = np.where(arc[:, 1] < top_y + 0.1 * mr, top_y + 0.1 * mr - 0.6 * (top_y + 0.1 * mr - arc[:, 1]),
                              arc[:, 1])
         if arc[-1, 0] < npx:  # the trochanter's surface continues laterally, gently descending
             run = np.linspace(arc[-1, 0], npx * 1.05, 8)
@@ -339,24 +375,52 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         inward = np.array([0.0, 1.0]) * np.ones((len(arc), 1))
         inward[: len(angles)] = (mc[None, :] - arc[: len(angles)]) / np.hypot(*(mc[None, :] - arc[: len(angles)]).T)[:, None]
         _bone_echo(specular, bone, g, arc, inward, 24.0 * g.uniform(0.7, 1.2), 0.5 * mu, k, floor=0.35)
+        # The neck's medial side drops steeply from the arc to the lower edge.
+        drop = np.stack([arc[0] + np.array([-0.08 * mr * f, 0.8 * mr * f]) for f in np.linspace(0.0, 1.0, 6)])
+        drop = np.vstack([drop, [[drop[-1, 0] - 0.05 * mr, npx * 1.1]]])
+        blocks.append(np.vstack([drop[::-1], arc, [[arc[-1, 0], npx * 1.1]]]))
     if params.ossific_nucleus_mm > 0:
         rn = params.ossific_nucleus_mm * k
         pts = h._arc_points(c + 0.1 * r * n, rn, 0, 360, 14) + g.normal(0.0, 0.12 * rn, (14, 2))
         h._fill(specular, pts, 5.0)
         h._fill(bone, pts, 0.12)
 
+    diffuse *= np.float32(1.0) - cv2.GaussianBlur(shade, (0, 0), 0.3 * k)
+    bone = cv2.GaussianBlur(bone, (0, 0), sigmaX=1.2 * k, sigmaY=0.2 * k)
+    _bone_blocks(diffuse, bone, blocks, blobs, g, k, float(muscle_level))
     # Echo strength varies along every interface; every strong reflector trails off downward (pulse length).
     specular *= cv2.exp(_blob_field(params.tissue_seed ^ 0x7A7, npx, 24) * np.float32(0.35)) * np.float32(_SPEC_SCALE)
-    kernel = _tail_kernel(round(0.45 * k))
+    kernel = _tail_kernel(round(0.25 * k))
     specular += cv2.filter2D(specular, -1, kernel, anchor=(0, len(kernel) - 1), borderType=cv2.BORDER_CONSTANT)
-    # Shadows have soft edges (beam width, refraction at curved bone): widen the attenuation laterally.
-    bone = cv2.GaussianBlur(bone, (0, 0), sigmaX=1.2 * k, sigmaY=0.2 * k)
     return diffuse, specular, bone
 
 
-def _wavy_line(specular, diffuse, g, xs, ys, level, thickness, belly, points=None) -> None:
-    """A fascia-like reflector: brightness varying along it, short gaps; ``belly`` > 0 darkens a band just
-    below it (the hypoechoic muscle under a fascia)."""
+def _bone_blocks(diffuse, bone, polygons, blobs, g, k, muscle_level) -> None:
+    """Fill the bone regions (``polygons``, each running along the bone surface and closed below the image)
+    with grey, speckling tissue that is brightest just under the surface and fades with depth. The fill is
+    divided by the transmission through ``bone`` (the shadow map, already blurred) so that after
+    ``acoustics.form_image`` attenuates it, it shows at the chosen level, between black (dense shadow, some
+    scans) and a little brighter than muscle (most)."""
+    from sonogate.phantom import hip_us as h
+
+    npx = diffuse.shape[0]
+    mask = np.zeros_like(diffuse)
+    for polygon in polygons:
+        h._fill(mask, polygon, 1.0)
+    mask = cv2.GaussianBlur(mask, (0, 0), 0.3 * k)
+    level = muscle_level * float(g.uniform(0.6, 2.2))
+    top = np.argmax(mask > 0.5, axis=0).astype(np.float32)  # first bone row per column
+    depth_below = np.maximum(np.arange(npx, dtype=np.float32)[:, None] - top[None, :], 0.0)
+    profile = cv2.exp(depth_below * np.float32(-1.0 / (12.0 * k))) * np.float32(0.6)
+    profile += np.float32(0.9) * cv2.exp(depth_below * np.float32(-1.0 / (2.5 * k)))
+    transmission = cv2.exp(-(np.cumsum(bone, axis=0, dtype=np.float32) - bone))
+    fill = mask * profile * cv2.exp(blobs * np.float32(0.3)) * np.float32(level)
+    diffuse += fill / np.maximum(transmission, np.float32(0.02))
+
+
+def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None) -> None:
+    """A fascia-like reflector: brightness varying along it, short gaps; ``belly`` > 0 marks the band just
+    below it in ``shade`` (the share of the diffuse echo lost there: hypoechoic muscle under a fascia)."""
     from sonogate.phantom import hip_us as h
 
     pts = points if points is not None else np.stack([xs, ys], axis=1)
@@ -364,11 +428,13 @@ def _wavy_line(specular, diffuse, g, xs, ys, level, thickness, belly, points=Non
         return
     m = len(pts) - 1
     gaps = np.where(_wobble(g, m, 2) < -1.3, 0.15, 1.0)
-    values = level * gaps * np.exp(0.35 * _wobble(g, m, 4))
-    h._segments(specular, pts, 0.15 * values, 2.5 * thickness)  # beam-width glow
+    # Tapered ends: a fascia fades in and out of the plane instead of stopping bluntly.
+    ramp = np.minimum(1.0, np.minimum(np.arange(m) + 0.5, m - 0.5 - np.arange(m)) / max(1.0, 0.2 * m))
+    values = level * gaps * ramp**1.5 * np.exp(0.35 * _wobble(g, m, 4))
+    h._segments(specular, pts, 0.04 * values, 2.5 * thickness)  # beam-width glow
     h._segments(specular, pts, values, thickness)
     if belly > 0:
-        h._polyline(diffuse, pts + np.array([0.0, 2.5 * thickness]), 0.12, 2.5 * thickness)
+        h._polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
 
 
 def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25) -> None:
@@ -383,8 +449,8 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25) -> None:
     d = np.diff(pts, axis=0)
     cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
     values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
-    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.6 * k))  # glow
-    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.75 * k))  # core
+    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.0 * k))  # glow
+    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.4 * k))  # core
     h._segments(specular, pts + 0.7 * k * into, 0.25 * values, max(1.0, 0.5 * k))  # tail inside the bone
     if mu > 0:
         h._polyline(bone, pts + 1.1 * k * into, mu, max(1.0, 0.8 * k))
