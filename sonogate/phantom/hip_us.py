@@ -859,7 +859,8 @@ def render_us_frame(
     one so speckle moves with tissue instead of flickering; default: drawn from ``rng``); ``style``
     ``"schematic"`` (default: the look the committed model bundle was trained on, unchanged byte for byte) or
     ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, thick bone echoes, finer speckle,
-    TGC banding). Both styles consume ``rng`` identically, so a seed gives the same labels and landmarks.
+    TGC banding, framed closer: ``realistic.realistic_view``). Both styles consume ``rng`` identically, so a
+    seed gives the same labels; the realistic landmarks are the same points in its zoomed framing.
     Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels.
     """
     dev = get_device(device)

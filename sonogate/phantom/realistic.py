@@ -5,28 +5,29 @@ drawn: thin smooth bone arcs that hook round under the head like a bowl, a cresc
 grainy uniform speckle, a thin soft-tissue layer. A model bundle was trained on it and the runtime checks the
 low-level statistics of its input against those frames, so the schematic pixels must not change.
 
-This module paints the same scene (same geometry, so labels and landmarks are identical for a given seed)
-the way the real SPJ standard planes in ``../shared/data`` look (``draw_scene``):
+This module paints the same scene (same geometry, so labels are identical for a given seed) the way the real
+SPJ standard planes in ``../shared/data`` look (``draw_scene``), framed as sonographers frame the joint
+(``realistic_view``: zoomed so the head's radius is about a fifth of the width, the rim a little below
+mid-depth; landmarks are returned for that framing):
 
 * a bright subcutaneous band of dense fine streaks with a bright superficial fascia at its floor;
-* dark gluteal muscle crossed by long, gently undulating, bright fasciae that follow the layers, rise
-  caudally and converge on the ilium, with fainter perimysium lines between them;
-* the ilium as a thick bright echo with a sharp top and a dense shadow; the bony roof from the rim down to
-  the lower limb and no further (no bowl under the head);
+* muscle with oblique fibre texture, crossed by thin, tapered fasciae of uneven spacing, each on its own
+  oblique, gently bowed course (deep ones hug the joint), and many short bright perimysium dashes;
+* the ilium and the femoral neck / greater trochanter as bright surfaces over grey bone blocks (the infant's
+  thin bone passes some sound), the bony roof from the rim down to the lower limb and no further;
 * a dark cartilaginous head with many small "starry sky" flecks, the perichondrium over the cartilage
   roof, the echogenic labrum and a capsule that arches over the head onto the femoral neck;
-* the femoral neck / greater trochanter as a big bright arc on the right with a deep shadow below it;
-* the ischium as a bright, filled cancellous cap in a cloud of triradiate cartilage, softly shadowed;
+* the ischium as a bright cancellous ball in a cloud of triradiate cartilage, softly shadowed;
 * echo strength varying along every interface and a short pulse-length tail under strong reflectors.
 
-The imaging chain is the device's with three compounded speckle looks (``REALISTIC_LOOKS``: smoother,
-finer grain, as spatial compounding gives on real carts), a finer axial cell, less post-blur, a display
-gamma that keeps muscle dark and reflectors saturated (``_GAMMA``), pixel-level grain after log
-compression (``REALISTIC_GRAIN``) and per-sweep TGC banding (``tgc_row_gain``).
+The imaging chain is the device's with three compounded speckle looks (``REALISTIC_LOOKS``), a finer axial
+cell, less post-blur, a display gamma that keeps muscle dark and reflectors saturated (``_GAMMA``), a small
+reject, pixel-level grain added last (``REALISTIC_GRAIN``) and per-sweep TGC banding (``tgc_row_gain``).
 
 Everything here draws from per-hip generators seeded by ``HipParams.tissue_seed`` (so frames of a sweep share
 their anatomy texture) and never from the frame's ``rng``: the frame generator is consumed exactly as in the
-schematic style, so both styles give the same labels, landmarks and scatterer field for the same seed.
+schematic style, so both styles give the same labels and scatterer field for the same seed (the landmarks
+differ only by the framing).
 How close it gets, measured: ``sonogate.phantom.realism`` and ``docs/phantom.md``.
 """
 
