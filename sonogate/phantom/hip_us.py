@@ -45,6 +45,7 @@ from sonogate.phantom.devices import ScannerDevice, get_device
 from sonogate.phantom.realistic import (
     REALISTIC_GRAIN,
     REALISTIC_LOOKS,
+    _wobble,
     check_style,
     real_look,
     realistic_device,
@@ -306,11 +307,11 @@ def _build_scene(
     probe_shift_mm: tuple[float, float],
     probe_rot_deg: float,
     rng: np.random.Generator,
-    view: tuple[float, float, float] | None = None,
+    view: tuple[float, float, float],
 ) -> _Scene:
     """The frame's geometry in mm of the picture: ``view`` = (left, top, width) mm of the imaged field in the
-    acquisition frame (None: the device's whole field, (0, 0, ``depth_mm``))."""
-    view_left, view_top, view_width = view if view is not None else (0.0, 0.0, depth_mm)
+    acquisition frame ((0, 0, ``depth_mm``): the device's whole field)."""
+    view_left, view_top, view_width = view
     off = plane_offset
     alpha = params.alpha_deg + PLANE_ALPHA_SLOPE_DEG * off
     beta = params.beta_deg + PLANE_BETA_SLOPE_DEG * off
@@ -542,9 +543,7 @@ def _modulation_field(seed: int, npx: int) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, count: int, width: int = 5) -> np.ndarray:
     """Zero-mean, roughly unit-sd noise (count,) correlated over about ``width`` samples."""
-    kernel = np.hanning(2 * width + 1)
-    kernel /= math.sqrt(float((kernel**2).sum()))
-    return np.convolve(rng.standard_normal(count + 2 * width), kernel, "valid")[:count]
+    return _wobble(rng, count, width)
 
 
 def _resample(pts: np.ndarray, step: float) -> np.ndarray:
@@ -858,8 +857,8 @@ def render_us_frame(
     ``acoustics.new_speckle_field`` with n = ``acoustics.internal_size(device, size)`` (cine frames share
     one so speckle moves with tissue instead of flickering; default: drawn from ``rng``); ``style``
     ``"schematic"`` (default: the look the committed model bundle was trained on, unchanged byte for byte) or
-    ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, thick bone echoes, finer speckle,
-    TGC banding, framed closer: ``realistic.realistic_view``). Both styles consume ``rng`` identically, so a
+    ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, bone surfaces over grey blocks,
+    finer speckle, TGC banding, framed closer: ``realistic.realistic_view``). Both styles consume ``rng`` identically, so a
     seed gives the same labels; the realistic landmarks are the same points in its zoomed framing.
     Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels.
     """
