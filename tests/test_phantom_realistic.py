@@ -57,7 +57,8 @@ def test_realistic_style_is_deterministic_and_differs_from_schematic():
 def test_both_styles_give_identical_labels_and_zoomed_landmarks_for_a_seed():
     """Same hip, same plane, same labels; the realistic style frames the joint closer (``realistic_view``), so
     its landmarks are the schematic ones scaled by the zoom about the head centre (the baseline's cranial end
-    is placed inside each picture, so it is left out of the comparison)."""
+    is placed inside each picture, so it is left out of the comparison, and so are the trochanter and the
+    ischium, which the realistic style varies per hip: ``realistic.vary_anatomy``)."""
     rng = np.random.default_rng(77)
     for i in range(36):
         params = hip_us.sample_hip_params(rng)
@@ -75,7 +76,7 @@ def test_both_styles_give_identical_labels_and_zoomed_landmarks_for_a_seed():
         assert real.extras["head_radius_px"] == pytest.approx(zoom * ref.extras["head_radius_px"], rel=1e-9)
         c_real, c_ref = np.array(real.landmarks["head_center"]), np.array(ref.landmarks["head_center"])
         for name in hip_us.LANDMARK_NAMES:
-            if name != "baseline_top":
+            if name not in ("baseline_top", "chondro_osseous", "ischium"):
                 offset_real = np.array(real.landmarks[name]) - c_real
                 offset_ref = np.array(ref.landmarks[name]) - c_ref
                 np.testing.assert_allclose(offset_real, zoom * offset_ref, atol=1e-6, err_msg=name)
@@ -84,6 +85,30 @@ def test_both_styles_give_identical_labels_and_zoomed_landmarks_for_a_seed():
         measured = hip_us.measure_from_landmarks(real.landmarks)
         for key in ("alpha_deg", "beta_deg", "coverage_pct"):
             assert abs(measured[key] - getattr(real, key)) < 0.1
+
+
+def test_realistic_hips_differ_below_the_joint_and_the_landmarks_follow():
+    """The schematic style places the trochanter and the ischium from the head alone (one silhouette for every
+    hip); the realistic style varies them per hip, fixed over a sweep, and its landmarks move with them."""
+    spread = {}
+    for style in realistic.STYLES:
+        rng = np.random.default_rng(12)
+        offsets = []
+        for _ in range(40):
+            params = hip_us.sample_hip_params(rng)
+            frame = hip_us.render_us_frame(params, np.random.default_rng(1), "A", 128, style=style)
+            c = np.array(frame.landmarks["head_center"])
+            r = frame.extras["head_radius_px"]
+            offsets.append(np.concatenate([np.array(frame.landmarks[name]) - c for name in ("chondro_osseous", "ischium")]) / r)
+            if style == "realistic":  # same hip, another frame of its sweep: same anatomy
+                again = hip_us.render_us_frame(params, np.random.default_rng(2), "A", 128, style=style)
+                for name in ("chondro_osseous", "ischium"):
+                    np.testing.assert_allclose(np.array(again.landmarks[name]) - np.array(again.landmarks["head_center"]),
+                                               np.array(frame.landmarks[name]) - c, atol=1e-6)
+        spread[style] = np.std(np.array(offsets), axis=0)
+    # The head's own shape parameters move the schematic landmarks a little; the realistic ones move far more.
+    assert np.all(spread["realistic"] > 0.05), spread
+    assert np.all(spread["realistic"] > 2.0 * spread["schematic"]), spread
 
 
 def test_realistic_style_frames_the_joint_as_on_real_standard_planes():

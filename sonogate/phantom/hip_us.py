@@ -51,6 +51,7 @@ from sonogate.phantom.realistic import (
     realistic_device,
     realistic_view,
     tgc_row_gain,
+    vary_anatomy,
 )
 
 DEFECTS: tuple[str, ...] = ("tilt", "no_labrum", "no_lower_limb", "anterior", "posterior")
@@ -859,7 +860,8 @@ def render_us_frame(
     ``"schematic"`` (default: the look the committed model bundle was trained on, unchanged byte for byte) or
     ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, bone surfaces over grey blocks,
     finer speckle, TGC banding, framed closer: ``realistic.realistic_view``). Both styles consume ``rng`` identically, so a
-    seed gives the same labels; the realistic landmarks are the same points in its zoomed framing.
+    seed gives the same labels; the realistic landmarks are the same points in its zoomed framing (the
+    trochanter and the ischium, drawn per hip by ``realistic.vary_anatomy``, excepted).
     Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels.
     """
     dev = get_device(device)
@@ -872,6 +874,8 @@ def render_us_frame(
     # width, the rim a little below mid-depth); the schematic style images the device's whole field.
     view = realistic_view(params, dev.depth_mm) if realistic else (0.0, 0.0, dev.depth_mm)
     scene = _build_scene(params, defect, plane_offset, dev.depth_mm, probe_shift_mm, probe_rot_deg, rng, view)
+    if realistic:
+        scene = vary_anatomy(scene, params, view[2])
     look = _sweep_look(params.tissue_seed)  # operator / patient variation, fixed for the hip's sweep
     diffuse, specular, bone = _draw_scene(scene, params, n_int, view[2], look, style)
     if speckle_field is None:

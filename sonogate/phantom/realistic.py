@@ -8,13 +8,15 @@ low-level statistics of its input against those frames, so the schematic pixels 
 This module paints the same scene (same geometry, so labels are identical for a given seed) the way the real
 SPJ standard planes in ``../shared/data`` look (``draw_scene``), framed as sonographers frame the joint
 (``realistic_view``: zoomed so the head's radius is about a fifth of the width, the rim a little below
-mid-depth; landmarks are returned for that framing):
+mid-depth; landmarks are returned for that framing), with the bony outline below the joint (trochanter,
+ischium) varied per hip (``vary_anatomy``):
 
 * a bright subcutaneous band of dense fine streaks with a bright superficial fascia at its floor;
 * muscle with oblique fibre texture, crossed by thin, tapered fasciae of uneven spacing, each on its own
   oblique, gently bowed course (deep ones hug the joint), and many short bright perimysium dashes;
 * the ilium and the femoral neck / greater trochanter as bright surfaces over grey bone blocks (the infant's
-  thin bone passes some sound), the bony roof from the rim down to the lower limb and no further;
+  thin bone passes some sound), the corner between ilium and roof rounded (``_round_rim``), the bony roof
+  from the rim down to the lower limb and no further; echo thickness and block greys vary per hip;
 * a dark cartilaginous head with many small "starry sky" flecks, the perichondrium over the cartilage
   roof, the echogenic labrum and a capsule that arches over the head onto the femoral neck;
 * the ischium as a bright cancellous ball in a cloud of triradiate cartilage, softly shadowed;
@@ -64,16 +66,21 @@ def check_style(style: str) -> str:
 
 @lru_cache(maxsize=32)
 def realistic_device(device: ScannerDevice) -> ScannerDevice:
-    """The preset as the realistic style images it: finer resolution cell and less post-blur (real carts show
-    a finer grain than the schematic presets), a lower gain, more clutter in the shadows. The render scale (and so the internal grid and the scatterer field shape) is unchanged."""
+    """The preset as the realistic style images it: half the preset's departure from a typical cart, then a
+    finer resolution cell and less post-blur (real carts show a finer grain than the schematic presets), a
+    wider log window, less haze. The render scale (and so the internal grid and the scatterer field shape) is
+    unchanged."""
+    # Half of each preset's departure from a typical cart is kept: the presets still differ (a shift to
+    # measure), but the coarse, hazy, high-gain extremes that no real SPJ frame shows are pulled in.
+    halfway = lambda value, typical: typical + 0.5 * (value - typical)
     return replace(
         device,
-        speckle_px=device.speckle_px * 1.0,
-        axial_ratio=device.axial_ratio * 0.75,
-        blur_px=device.blur_px * 0.4,
-        gain_db=device.gain_db + _GAIN_DB,
-        dynamic_range_db=device.dynamic_range_db + _DR_DB,
-        haze=device.haze * 0.3,
+        speckle_px=halfway(device.speckle_px, 2.6) * 0.85,
+        axial_ratio=halfway(device.axial_ratio, 0.33) * 0.75,
+        blur_px=halfway(device.blur_px, 1.0) * 0.4,
+        gain_db=halfway(device.gain_db, 0.0) + _GAIN_DB,
+        dynamic_range_db=halfway(device.dynamic_range_db, 60.0) + _DR_DB,
+        haze=halfway(device.haze, 0.0) * 0.3,
         noise_floor=device.noise_floor * 0.9,
         smoothing=min(0.5, device.smoothing),
         gamma=device.gamma * _GAMMA,
@@ -92,6 +99,11 @@ class RealLook:
     fibre_slope: float  # rise of the muscle striation per pixel to the right
     tgc_db: tuple[float, ...]  # TGC slider offsets (dB) from skin to depth
     gain_db: float  # overall gain correction of the style
+    ilium_thickness: float  # width of the iliac and roof echoes relative to nominal
+    fibre_contrast: float  # log-amplitude sd of the muscle's fibre texture
+    deep_db: float  # echo of the tissue below the joint relative to the muscle above it
+    block_levels: tuple[float, float]  # grey of the bone blocks under the ilium and the femoral neck (x muscle)
+    head_flecks: int  # bright "starry sky" flecks in the cartilaginous head
 
 
 @lru_cache(maxsize=256)
@@ -103,11 +115,16 @@ def real_look(seed: int) -> RealLook:
     return RealLook(
         band_mm=float(g.uniform(3.5, 7.0)),
         band_gain=float(g.uniform(0.8, 1.3)),
-        septa=int(g.integers(5, 11)),
+        septa=int(g.integers(4, 10)),
         muscle_gain=float(g.uniform(0.6, 1.8)),
         fibre_slope=float(g.uniform(-0.45, 0.1)),
         tgc_db=tuple(float(v) for v in tgc),
         gain_db=float(g.normal(0.0, 3.0)),
+        ilium_thickness=float(g.uniform(0.45, 1.1)),
+        fibre_contrast=float(g.uniform(0.25, 0.6)),
+        deep_db=float(g.uniform(-4.0, 3.0)),
+        block_levels=(float(g.uniform(0.5, 2.4)), float(g.uniform(0.2, 2.0))),
+        head_flecks=int(g.integers(30, 150)),
     )
 
 
@@ -122,10 +139,37 @@ def realistic_view(params, depth_mm: float) -> tuple[float, float, float]:
     keeps its framing; probe motion still moves the anatomy in the picture).
     """
     g = np.random.default_rng([params.tissue_seed, 0xF1E1D])
-    width = float(np.clip(params.head_radius_mm / g.uniform(0.17, 0.23), 0.6 * depth_mm, depth_mm))
-    left = params.rim_x_frac * depth_mm - float(g.uniform(0.2, 0.3)) * width
-    top = params.rim_depth_mm - float(g.uniform(0.5, 0.6)) * width
+    width = float(np.clip(params.head_radius_mm / g.uniform(0.16, 0.24), 0.6 * depth_mm, depth_mm))
+    left = params.rim_x_frac * depth_mm - float(g.uniform(0.18, 0.38)) * width
+    top = params.rim_depth_mm - float(g.uniform(0.44, 0.62)) * width
     return left, top, width
+
+
+def vary_anatomy(scene, params, width_mm: float):
+    """``hip_us``'s ``scene`` with this hip's own bony outline below the joint: the femoral metaphysis
+    (greater trochanter) 0.85-1.3 x the nominal size, its neck turned by -10..+6 deg, its cartilage gap to the
+    head varied, and the ischium moved along and across the ilium. The schematic style places these from the
+    head alone, so every hip shares one silhouette (the blind readers' main cue); real hips differ. Nothing
+    that alpha, beta or coverage depend on moves, and the returned landmarks follow the moved structures; the
+    ischium's landmark stays inside the ``width_mm`` square picture (it is raised if it would not).
+    Drawn from the per-hip generator (fixed for a sweep), never from the frame's ``rng``."""
+    from sonogate.phantom import hip_us as h
+
+    g = np.random.default_rng([params.tissue_seed, 0xA7A7])
+    r, c, u, n = scene.head_radius, scene.head_center, scene.u, scene.n
+    meta_r = scene.metaphysis_radius * float(g.uniform(0.85, 1.3))
+    neck_dir = h._rot(u, 12.0 + float(g.uniform(-10.0, 6.0)))
+    overlap = float(g.uniform(0.1, 0.3))  # how far the metaphysis reaches under the head (cartilage gap)
+    along, down = float(g.uniform(-0.3, 0.25)), float(g.uniform(1.3, 1.65))
+    # Landmark = ischium - 0.3 r n; keep its depth <= 97 % of the picture (n points deep).
+    room = (0.97 * width_mm - c[1] - along * r * u[1]) / (r * max(n[1], 1e-6)) + 0.3
+    down = max(1.1, min(down, room))
+    return replace(
+        scene,
+        metaphysis_radius=meta_r,
+        metaphysis_center=c + (r + meta_r - overlap * r) * neck_dir,
+        ischium=c + along * r * u + down * r * n,
+    )
 
 
 def tgc_row_gain(look: RealLook, n: int) -> np.ndarray:
@@ -228,9 +272,9 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     fibres = _streak_field(params.tissue_seed, npx, 2, 0.12 * npx, 0.45 * npx / 256.0 + 0.25, rl.fibre_slope)
     blobs = _blob_field(params.tissue_seed, npx, 14)
     muscle_level = np.float32(0.11 * rl.muscle_gain)
-    diffuse = cv2.exp(fibres * np.float32(0.6) + blobs * np.float32(0.2)) * muscle_level
+    diffuse = cv2.exp(fibres * np.float32(rl.fibre_contrast) + blobs * np.float32(0.2)) * muscle_level
     diffuse += (in_band * np.float32(0.45 * rl.band_gain)) * cv2.exp(fine * np.float32(1.4))
-    diffuse *= cv2.exp(below_drape * (blobs * np.float32(0.35) + np.float32(0.3)))
+    diffuse *= cv2.exp(below_drape * (blobs * np.float32(0.35) + np.float32(rl.deep_db / 8.686)))
 
     # Skin entry line and the superficial fascia at the floor of the band.
     if g.random() < 0.6:  # the probe face's echo: uneven, not on every scanner
@@ -250,14 +294,14 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         tilt, bow = base_tilt + g.uniform(-0.3, 0.3), g.uniform(-0.5, 0.5)
         along = xs / npx - 0.5
         share = np.clip(f + tilt * along + bow * (along**2 - 1.0 / 12.0), 0.02, 0.99)
-        hug = deep_flat + share**2 * (deep - deep_flat)
+        hug = deep_flat + share**1.3 * (deep - deep_flat)
         ys = top_line + share * np.maximum(hug - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
         ys = ys + 0.15 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
         a = int(g.integers(0, 6)) if g.random() < 0.5 else int(g.integers(0, len(xs) // 2))
         b = len(xs) - (int(g.integers(0, 6)) if g.random() < 0.6 else int(g.integers(0, len(xs) // 3)))
         # Superficial fasciae are the brightest (less tissue above them, square to the beam).
         _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(7.0, 16.0) * (1.6 - f), 1.0, 0.5)
-    for _ in range(int(g.integers(20, 40))):  # short bright dashes: perimysium, fibre bundles
+    for _ in range(int(g.integers(8, 36))):  # short bright dashes: perimysium, fibre bundles
         f = g.uniform(0.0, 1.0) ** 1.3
         ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.15 * k * _wobble(g, len(xs), 10)
         a = int(g.integers(0, len(xs) - 4))
@@ -285,15 +329,30 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     h._fill(diffuse, cart, 0.05)
     h._ellipse(diffuse, c + 1.3 * r * u - 0.3 * r * n, (1.0 * r, 0.7 * r), math.degrees(math.atan2(u[1], u[0])), 0.06)
     cv2.circle(diffuse, center, round(r * 16), 0.06, -1, cv2.LINE_8, 4)
-    count = int(g.integers(40, 110))
+    # "Starry sky": flecks (vascular sinusoids) bunched in a few clusters, not sprinkled evenly; a few of
+    # them short curved strands.
+    count = rl.head_flecks
+    hub_angle = g.uniform(0.0, 2.0 * math.pi, 4)
+    hubs = c + (0.6 * r * np.sqrt(g.random(4)))[:, None] * np.stack([np.cos(hub_angle), np.sin(hub_angle)], axis=1)
+    near = hubs[g.integers(0, 4, count)] + g.normal(0.0, 0.3 * r, (count, 2))
     rad = r * 0.92 * np.sqrt(g.random(count))
     th = g.uniform(0.0, 2.0 * math.pi, count)
-    sx = c[0] + rad * np.cos(th)
-    sy = c[1] + rad * np.sin(th)
-    for x, y, v, w in zip(sx, sy, g.uniform(0.8, 4.5, count) ** 1.3, g.uniform(0.1, 0.6, count) * k * 0.3):
-        cv2.line(specular, (round((x - w) * 16), round(y * 16)), (round((x + w) * 16), round(y * 16)), float(v), 1,
-                 cv2.LINE_8, 4)
-    cv2.circle(specular, center, round(1.01 * r * 16), 0.5, 1, cv2.LINE_8, 4)  # faint perichondrium
+    spread = np.stack([c[0] + rad * np.cos(th), c[1] + rad * np.sin(th)], axis=1)
+    flecks = np.where((g.random(count) < 0.55)[:, None], near, spread)
+    inside = np.hypot(*(flecks - c).T) < 0.95 * r
+    for (x, y), v, w, tilt in zip(flecks[inside], g.uniform(0.8, 4.5, count) ** 1.3,
+                                  g.uniform(0.1, 0.6, count) * k * 0.3, g.normal(0.0, 0.25, count)):
+        cv2.line(specular, (round((x - w) * 16), round((y - w * tilt) * 16)),
+                 (round((x + w) * 16), round((y + w * tilt) * 16)), float(v), 1, cv2.LINE_8, 4)
+    for _ in range(int(g.integers(2, 7))):  # curved strands
+        a0 = g.uniform(0, 360)
+        strand = h._arc_points(c + g.normal(0, 0.3 * r, 2), g.uniform(0.2, 0.6) * r, a0, a0 + g.uniform(30, 80), 6)
+        _wavy_line(specular, shade, g, strand[:, 0], strand[:, 1], g.uniform(0.8, 2.5), 1.0, 0.0, points=strand)
+    # Faint perichondrium round the head: a slightly irregular outline, not a drawn circle.
+    ring = h._arc_points(c, 1.01 * r, 0, 360, 40)
+    ring += (0.05 * r * _wobble(g, 40, 4))[:, None] * (ring - c) / r
+    seen = np.clip(_wobble(g, 39, 5) + 0.3, 0.0, 1.0)  # visible in stretches only
+    h._segments(specular, ring, g.uniform(0.4, 1.6) * seen * np.exp(0.5 * _wobble(g, 39, 3)), 1)
 
     # Perichondrium over the cartilage roof (rim -> labrum), the capsule from the labrum over the head and on
     # to the neck, the gluteus minimus fascia above it: the bright arch over the head on real scans.
@@ -318,20 +377,20 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
             tangent = -tangent
         tri = np.stack([lab - 0.14 * r * radial - 0.2 * r * tangent, lab + 0.18 * r * radial - 0.2 * r * tangent,
                         lab + 0.05 * r * radial + 0.5 * r * tangent])
-        h._fill(diffuse, tri, 0.9)
-        h._fill(specular, tri, 1.2)
+        h._fill(diffuse, tri, g.uniform(0.3, 0.7))
+        h._fill(specular, tri, g.uniform(0.2, 0.8))  # echogenic but not a pasted-on spike
     else:
         h._ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.05)
 
     # Bone: bright echoes with a sharp top, a short pulse-length tail and a strong shadow.
     mu = 2.3 / mm(0.8)
-    _bone_echo(specular, bone, g, scene.ilium * k, n, 40.0, mu, k)
     roof_drawn = roof if defect != "no_lower_limb" else roof[: max(3, int(len(roof) * 0.55))]
+    il, roof_drawn = _round_rim(scene.ilium * k, roof_drawn, rim, g.uniform(0.12, 0.35) * r)
+    _bone_echo(specular, bone, g, il, n, 40.0, mu, k, width=rl.ilium_thickness)
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
-    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45)
+    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45, width=rl.ilium_thickness)
     # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
-    il = scene.ilium * k
     end = roof_drawn[-1]
     blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + 0.1 * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
     if defect != "no_lower_limb":
@@ -347,13 +406,16 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
     cap_mask = np.zeros_like(specular)
     # A ball: the cancellous bone fills the whole outline, fading toward the bottom (no flat floor).
-    h._ellipse(cap_mask, isc, (0.95 * size * r, 0.95 * size * r * squash), isc_angle + g.normal(0, 8), 1.0)
+    # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
+    t = np.linspace(0.0, 2.0 * math.pi, 36, endpoint=False)
+    lump = 0.95 * size * r * (1.0 + 0.08 * _wobble(g, 36, 3) + g.uniform(-0.15, 0.15) * np.cos(t - g.uniform(0, 6.3)))
+    h._fill(cap_mask, np.stack([isc[0] + lump * np.cos(t), isc[1] + squash * lump * np.sin(t)], axis=1), 1.0)
     h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
-    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.05 * r)
+    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.08 * r)
     specular += cap_mask * cv2.exp(blobs * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous, soft below
     halo = np.zeros_like(specular)
     h._ellipse(halo, isc - 0.2 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
-    diffuse += cv2.GaussianBlur(halo, (0, 0), 0.3 * r) * cv2.exp(blobs * np.float32(0.6)) * np.float32(0.25)
+    diffuse += cv2.GaussianBlur(halo, (0, 0), 0.3 * r) * cv2.exp(blobs * np.float32(0.6)) * np.float32(g.uniform(0.05, 0.2))
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
     h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
@@ -382,13 +444,21 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         blocks.append(np.vstack([drop[::-1], arc, [[arc[-1, 0], npx * 1.1]]]))
     if params.ossific_nucleus_mm > 0:
         rn = params.ossific_nucleus_mm * k
-        pts = h._arc_points(c + 0.1 * r * n, rn, 0, 360, 14) + g.normal(0.0, 0.12 * rn, (14, 2))
-        h._fill(specular, pts, 5.0)
-        h._fill(bone, pts, 0.12)
+        # Not a clean disc: a lumpy, mottled ossification front, brightest on the side facing the probe.
+        t = np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)
+        lump = rn * (1.0 + 0.15 * _wobble(g, 24, 2))
+        pts = np.stack([c[0] + 0.1 * r * n[0] + lump * np.cos(t), c[1] + 0.1 * r * n[1] + lump * np.sin(t)], axis=1)
+        nucleus = np.zeros_like(specular)
+        h._fill(nucleus, pts, 1.0)
+        nucleus = cv2.GaussianBlur(nucleus, (0, 0), 0.15 * rn + 0.3)
+        specular += nucleus * cv2.exp(_blob_field(params.tissue_seed ^ 0x0551, npx, 40) * np.float32(0.8)) * np.float32(
+            g.uniform(1.5, 3.5))
+        _bone_echo(specular, bone, g, pts[(np.sin(t) < -0.2)], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
+        h._fill(bone, pts, 0.08)
 
     diffuse *= np.float32(1.0) - cv2.GaussianBlur(shade, (0, 0), 0.3 * k)
     bone = cv2.GaussianBlur(bone, (0, 0), sigmaX=1.2 * k, sigmaY=0.2 * k)
-    _bone_blocks(diffuse, bone, blocks, blobs, g, k, float(muscle_level))
+    _bone_blocks(diffuse, bone, blocks, rl.block_levels, blobs, k, float(muscle_level))
     # Echo strength varies along every interface; every strong reflector trails off downward (pulse length).
     specular *= cv2.exp(_blob_field(params.tissue_seed ^ 0x7A7, npx, 24) * np.float32(0.35)) * np.float32(_SPEC_SCALE)
     kernel = _tail_kernel(round(0.25 * k))
@@ -396,9 +466,10 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     return diffuse, specular, bone
 
 
-def _bone_blocks(diffuse, bone, polygons, blobs, g, k, muscle_level) -> None:
+def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> None:
     """Fill the bone regions (``polygons``, each running along the bone surface and closed below the image)
-    with grey, speckling tissue that is brightest just under the surface and fades with depth. The fill is
+    with grey, speckling tissue that is brightest just under the surface and fades with depth, polygon i at
+    ``levels[i]`` x ``muscle_level`` (the ilium and the neck pass sound differently, per hip). The fill is
     divided by the transmission through ``bone`` (the shadow map, already blurred) so that after
     ``acoustics.form_image`` attenuates it, it shows at the chosen level, between black (dense shadow, some
     scans) and a little brighter than muscle (most)."""
@@ -406,17 +477,35 @@ def _bone_blocks(diffuse, bone, polygons, blobs, g, k, muscle_level) -> None:
 
     npx = diffuse.shape[0]
     mask = np.zeros_like(diffuse)
-    for polygon in polygons:
-        h._fill(mask, polygon, 1.0)
+    for polygon, level in zip(polygons, levels):
+        h._fill(mask, polygon, level)
     mask = cv2.GaussianBlur(mask, (0, 0), 0.3 * k)
-    level = muscle_level * float(g.uniform(0.6, 2.2))
-    top = np.argmax(mask > 0.5, axis=0).astype(np.float32)  # first bone row per column
+    top = np.argmax(mask > 0.5 * min(levels), axis=0).astype(np.float32)  # first bone row per column
     depth_below = np.maximum(np.arange(npx, dtype=np.float32)[:, None] - top[None, :], 0.0)
     profile = cv2.exp(depth_below * np.float32(-1.0 / (12.0 * k))) * np.float32(0.6)
     profile += np.float32(0.9) * cv2.exp(depth_below * np.float32(-1.0 / (2.5 * k)))
     transmission = cv2.exp(-(np.cumsum(bone, axis=0, dtype=np.float32) - bone))
-    fill = mask * profile * cv2.exp(blobs * np.float32(0.3)) * np.float32(level)
+    fill = mask * profile * cv2.exp(blobs * np.float32(0.3)) * np.float32(muscle_level)
     diffuse += fill / np.maximum(transmission, np.float32(0.02))
+
+
+def _round_rim(ilium, roof, rim, radius) -> tuple[np.ndarray, np.ndarray]:
+    """(ilium, roof) polylines with the corner between them cut by a quadratic curve through ``rim``'s
+    neighbourhood ``radius`` px long on each side. Real rims look rounded even on sharp (type I) roofs (the
+    beam's width, the rim's own curvature); the rim landmark stays the geometric corner, within about a third
+    of ``radius`` of the drawn curve. ``ilium`` starts at the rim and runs cranially; ``roof`` starts at (or
+    just cranial of) the rim and runs to the lower limb."""
+    from_rim = np.hypot(*(roof - rim).T)
+    nearest = int(np.argmin(from_rim))
+    beyond = np.nonzero(from_rim[nearest:] >= radius)[0]
+    if from_rim[0] >= radius or len(beyond) == 0:  # already rounded at least this much, or a very short roof
+        return ilium, roof
+    j = nearest + int(beyond[0])
+    along = np.hypot(*(ilium - rim).T)
+    start = rim + radius * (ilium[1] - rim) / max(1e-9, float(along[1]))
+    t = np.linspace(0.0, 1.0, 8)[:, None]
+    corner = (1 - t) ** 2 * start + 2 * (1 - t) * t * rim + t**2 * roof[j]
+    return np.vstack([start, ilium[along > radius]]), np.vstack([corner, roof[j + 1 :]])
 
 
 def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None) -> None:
@@ -438,9 +527,10 @@ def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None)
         h._polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
 
 
-def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25) -> None:
+def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0) -> None:
     """Bone surface: a bright, slightly rough echo (dimmer where oblique to the beams) with a glow, and the
-    attenuating band on the bone side that casts the shadow. ``into`` (2,) or (len(pts), 2) points into bone."""
+    attenuating band on the bone side that casts the shadow. ``into`` (2,) or (len(pts), 2) points into bone;
+    ``width`` scales the echo's thickness (it differs from hip to hip)."""
     from sonogate.phantom import hip_us as h
 
     pts = h._resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
@@ -450,8 +540,8 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25) -> None:
     d = np.diff(pts, axis=0)
     cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
     values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
-    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.0 * k))  # glow
-    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.4 * k))  # core
-    h._segments(specular, pts + 0.7 * k * into, 0.25 * values, max(1.0, 0.5 * k))  # tail inside the bone
+    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.0 * k * width))  # glow
+    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.4 * k * width))  # core
+    h._segments(specular, pts + 0.7 * k * width * into, 0.25 * values, max(1.0, 0.5 * k * width))  # tail inside
     if mu > 0:
         h._polyline(bone, pts + 1.1 * k * into, mu, max(1.0, 0.8 * k))
