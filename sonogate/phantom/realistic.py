@@ -407,9 +407,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     cap_mask = np.zeros_like(specular)
     # A ball: the cancellous bone fills the whole outline, fading toward the bottom (no flat floor).
     # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
-    t = np.linspace(0.0, 2.0 * math.pi, 36, endpoint=False)
-    lump = 0.95 * size * r * (1.0 + 0.08 * _wobble(g, 36, 3) + g.uniform(-0.15, 0.15) * np.cos(t - g.uniform(0, 6.3)))
-    h._fill(cap_mask, np.stack([isc[0] + lump * np.cos(t), isc[1] + squash * lump * np.sin(t)], axis=1), 1.0)
+    h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.08, lopsided=0.15, squash=squash), 1.0)
     h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
     cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.08 * r)
     specular += cap_mask * cv2.exp(blobs * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous, soft below
@@ -445,15 +443,15 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     if params.ossific_nucleus_mm > 0:
         rn = params.ossific_nucleus_mm * k
         # Not a clean disc: a lumpy, mottled ossification front, brightest on the side facing the probe.
-        t = np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)
-        lump = rn * (1.0 + 0.15 * _wobble(g, 24, 2))
-        pts = np.stack([c[0] + 0.1 * r * n[0] + lump * np.cos(t), c[1] + 0.1 * r * n[1] + lump * np.sin(t)], axis=1)
+        middle = c + 0.1 * r * n
+        pts = _lumpy_outline(g, middle, rn, 24, 0.15, width=2)
         nucleus = np.zeros_like(specular)
         h._fill(nucleus, pts, 1.0)
         nucleus = cv2.GaussianBlur(nucleus, (0, 0), 0.15 * rn + 0.3)
         specular += nucleus * cv2.exp(_blob_field(params.tissue_seed ^ 0x0551, npx, 40) * np.float32(0.8)) * np.float32(
             g.uniform(1.5, 3.5))
-        _bone_echo(specular, bone, g, pts[(np.sin(t) < -0.2)], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
+        facing_probe = pts[:, 1] - middle[1] < -0.2 * np.hypot(*(pts - middle).T)
+        _bone_echo(specular, bone, g, pts[facing_probe], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
         h._fill(bone, pts, 0.08)
 
     diffuse *= np.float32(1.0) - cv2.GaussianBlur(shade, (0, 0), 0.3 * k)
@@ -487,6 +485,18 @@ def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> Non
     transmission = cv2.exp(-(np.cumsum(bone, axis=0, dtype=np.float32) - bone))
     fill = mask * profile * cv2.exp(blobs * np.float32(0.3)) * np.float32(muscle_level)
     diffuse += fill / np.maximum(transmission, np.float32(0.02))
+
+
+def _lumpy_outline(g, centre, radius, count, rough, width=3, lopsided=0.0, squash=1.0) -> np.ndarray:
+    """Closed outline (count, 2) round ``centre``: a radius wandering by ``rough`` (relative sd, correlated over
+    ``width`` points), bulging by up to ``lopsided`` on one random side, squashed vertically by ``squash``.
+    Bony balls drawn as clean ellipses read as pasted in."""
+    t = np.linspace(0.0, 2.0 * math.pi, count, endpoint=False)
+    lump = 1.0 + rough * _wobble(g, count, width)
+    if lopsided > 0:
+        lump = lump + g.uniform(-lopsided, lopsided) * np.cos(t - g.uniform(0, 6.3))
+    lump *= radius
+    return np.stack([centre[0] + lump * np.cos(t), centre[1] + squash * lump * np.sin(t)], axis=1)
 
 
 def _round_rim(ilium, roof, rim, radius) -> tuple[np.ndarray, np.ndarray]:
