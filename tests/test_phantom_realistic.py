@@ -327,3 +327,21 @@ def test_realistic_style_is_closer_to_real_scans_than_the_schematic(shared_data)
     sets = {style: realism.phantom_images(24, 5, ("A", "B"), style=style) for style in realistic.STYLES}
     dist = realism.ood_distances(real, sets)
     assert dist["realistic"]["to_real_median"] < 0.85 * dist["schematic"]["to_real_median"], dist
+
+
+def test_local_blur_gives_the_whole_picture_blur_of_a_small_blob():
+    """``_blur_local`` blurs only round the drawn blob (the ischium, the ossific nucleus) and must give the
+    whole-picture blur (to float rounding), also where the blob touches the picture's edge."""
+    import cv2
+
+    for centre, sigma in (((40.0, 50.0), 3.0), ((2.0, 120.0), 6.5), ((100.0, 126.0), 1.2)):
+        mask = np.zeros((128, 128), np.float32)
+        cv2.ellipse(mask, (round(centre[0]), round(centre[1])), (9, 5), 20.0, 0.0, 360.0, 1.0, -1)
+        whole = cv2.GaussianBlur(mask, (0, 0), sigma)
+        rows, cols = realistic._blur_local(mask, sigma)
+        np.testing.assert_allclose(mask, whole, rtol=1e-5, atol=1e-9)
+        outside = np.ones_like(mask, bool)
+        outside[rows, cols] = False
+        assert outside.any() and not whole[outside].any()  # the window is local and nothing leaks past it
+    empty = np.zeros((32, 32), np.float32)
+    assert realistic._blur_local(empty, 2.0) == (slice(0, 0), slice(0, 0)) and not empty.any()

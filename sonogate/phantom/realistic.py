@@ -81,7 +81,7 @@ def realistic_device(device: ScannerDevice) -> ScannerDevice:
         gain_db=halfway(device.gain_db, 0.0) + _GAIN_DB,
         dynamic_range_db=halfway(device.dynamic_range_db, 60.0) + _DR_DB,
         haze=halfway(device.haze, 0.0) * 0.3,
-        noise_floor=device.noise_floor * 0.9,
+        noise_floor=device.noise_floor * 0.5,
         smoothing=min(0.5, device.smoothing),
         gamma=device.gamma * _GAMMA,
         reject=_REJECT,
@@ -113,8 +113,8 @@ def real_look(seed: int) -> RealLook:
     if g.random() < 0.5:  # one slider visibly off: a horizontal band
         tgc[int(g.integers(1, 8))] += float(g.choice([-1.0, 1.0]) * g.uniform(2.0, 4.0))
     return RealLook(
-        band_mm=float(g.uniform(3.5, 7.0)),
-        band_gain=float(g.uniform(0.8, 1.3)),
+        band_mm=float(g.uniform(4.5, 9.0)),
+        band_gain=float(g.uniform(0.6, 1.05)),
         septa=int(g.integers(4, 10)),
         muscle_gain=float(g.uniform(0.6, 1.8)),
         fibre_slope=float(g.uniform(-0.45, 0.1)),
@@ -122,9 +122,9 @@ def real_look(seed: int) -> RealLook:
         gain_db=float(g.normal(0.0, 3.0)),
         ilium_thickness=float(g.uniform(0.45, 1.1)),
         fibre_contrast=float(g.uniform(0.25, 0.6)),
-        deep_db=float(g.uniform(-4.0, 3.0)),
-        block_levels=(float(g.uniform(0.5, 2.4)), float(g.uniform(0.2, 2.0))),
-        head_flecks=int(g.integers(30, 150)),
+        deep_db=float(g.uniform(-8.0, 0.0)),
+        block_levels=(float(g.uniform(0.4, 1.9)), float(g.uniform(0.15, 1.6))),
+        head_flecks=int(g.integers(10, 60)),
     )
 
 
@@ -157,8 +157,8 @@ def vary_anatomy(scene, params, width_mm: float):
 
     g = np.random.default_rng([params.tissue_seed, 0xA7A7])
     r, c, u, n = scene.head_radius, scene.head_center, scene.u, scene.n
-    meta_r = scene.metaphysis_radius * float(g.uniform(0.85, 1.3))
-    neck_dir = h._rot(u, 12.0 + float(g.uniform(-10.0, 6.0)))
+    meta_r = scene.metaphysis_radius * float(g.uniform(0.95, 1.4))
+    neck_dir = h._rot(u, float(g.uniform(-12.0, 10.0)))
     overlap = float(g.uniform(0.1, 0.3))  # how far the metaphysis reaches under the head (cartilage gap)
     along, down = float(g.uniform(-0.3, 0.25)), float(g.uniform(1.3, 1.65))
     # Landmark = ischium - 0.3 r n; keep its depth <= 97 % of the picture (n points deep).
@@ -287,13 +287,18 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Superficial layers run nearly straight; only the deep ones hug the joint's outline.
     deep_flat = np.polyval(np.polyfit(xs, deep, 1), xs)
     spacing = g.uniform(0.3, 1.7, rl.septa + 1)  # uneven layers (muscles differ in thickness)
-    fractions = 0.04 + 0.93 * np.cumsum(spacing)[:-1] / spacing.sum()
+    # Denser near the skin: the superficial muscles' fasciae and perimysium crowd the upper third.
+    fractions = 0.04 + 0.93 * (np.cumsum(spacing)[:-1] / spacing.sum()) ** 1.5
     base_tilt = g.uniform(-0.5, 0.2)
+    along = xs / npx - 0.5
+    shares = []
     for f in fractions:
-        # Each muscle boundary runs its own oblique, gently bowed course; neighbours are not parallel.
+        # Each muscle boundary runs its own oblique, gently bowed course; neighbours are not parallel...
         tilt, bow = base_tilt + g.uniform(-0.3, 0.3), g.uniform(-0.5, 0.5)
-        along = xs / npx - 0.5
-        share = np.clip(f + tilt * along + bow * (along**2 - 1.0 / 12.0), 0.02, 0.99)
+        shares.append(np.clip(f + tilt * along + bow * (along**2 - 1.0 / 12.0), 0.02, 0.99))
+    # ...but they converge and diverge without crossing (layers stay layers).
+    shares = np.minimum(np.maximum.accumulate(np.asarray(shares) + 0.015 * np.arange(len(shares))[:, None]), 0.99)
+    for f, share in zip(fractions, shares):
         hug = deep_flat + share**1.3 * (deep - deep_flat)
         ys = top_line + share * np.maximum(hug - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
         ys = ys + 0.15 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
@@ -340,8 +345,8 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     spread = np.stack([c[0] + rad * np.cos(th), c[1] + rad * np.sin(th)], axis=1)
     flecks = np.where((g.random(count) < 0.55)[:, None], near, spread)
     inside = np.hypot(*(flecks - c).T) < 0.95 * r
-    for (x, y), v, w, tilt in zip(flecks[inside], g.uniform(0.8, 4.5, count) ** 1.3,
-                                  g.uniform(0.1, 0.6, count) * k * 0.3, g.normal(0.0, 0.25, count)):
+    for (x, y), v, w, tilt in zip(flecks[inside], 0.6 * g.uniform(0.6, 4.5, count) ** 2.0,
+                                  g.uniform(0.3, 1.2, count) * k * 0.35, g.normal(0.0, 0.12, count)):
         cv2.line(specular, (round((x - w) * 16), round((y - w * tilt) * 16)),
                  (round((x + w) * 16), round((y + w * tilt) * 16)), float(v), 1, cv2.LINE_8, 4)
     for _ in range(int(g.integers(2, 7))):  # curved strands
@@ -386,21 +391,40 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     mu = 2.3 / mm(0.8)
     roof_drawn = roof if defect != "no_lower_limb" else roof[: max(3, int(len(roof) * 0.55))]
     il, roof_drawn = _round_rim(scene.ilium * k, roof_drawn, rim, g.uniform(0.12, 0.35) * r)
-    _bone_echo(specular, bone, g, il, n, 40.0, mu, k, width=rl.ilium_thickness)
+    trail = g.uniform(0.6, 2.0)
+    _bone_echo(specular, bone, g, il, n, 40.0, mu, k, width=rl.ilium_thickness, trail_mm=trail,
+               fade=g.uniform(0.2, 0.6))  # brightest at the rim, where the bone is square to the beam
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
-    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45, width=rl.ilium_thickness)
+    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45, width=rl.ilium_thickness,
+               trail_mm=0.6 * trail)
+    # The gluteus minimus and periosteum on the ilium: a grey, brighter-than-muscle layer over the bone
+    # near the rim, fading upward (the ilium is not a line in black muscle on real scans).
+    reach = max(2, int(len(il) * g.uniform(0.4, 1.0)))
+    over = np.zeros_like(diffuse)
+    thick = g.uniform(1.0, 3.0)
+    for step, share in enumerate(np.linspace(0.0, 1.0, 5)):
+        h._polyline(over, il[:reach] - (0.3 + share * thick) * k * n, 1.0 - 0.8 * share, max(1.0, 0.35 * thick * k))
+    diffuse += over * np.float32(g.uniform(1.5, 4.0) * float(muscle_level))
     # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
     end = roof_drawn[-1]
     blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + 0.1 * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
     if defect != "no_lower_limb":
         h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
+        if g.random() < 0.8:
+            # The acetabular fossa's floor: from the lower limb a soft (not bony, unshadowed) echo runs on
+            # round under the head, closing the dark circle that real scans show.
+            a_low = math.degrees(math.atan2(*(low - c)[::-1]))
+            sweep = g.uniform(40.0, 110.0) * (1.0 if math.sin(math.radians(a_low)) * u[0] > 0 else -1.0)
+            bowl = h._arc_points(c, 1.0, a_low, a_low - sweep, 16) - c
+            bowl = c + bowl * (r * (g.uniform(1.02, 1.12) + 0.04 * _wobble(g, 16, 3)))[:, None]
+            _wavy_line(specular, shade, g, bowl[:, 0], bowl[:, 1], g.uniform(3.0, 9.0), mm(0.3), 0.0, points=bowl)
     # Ischium (a rounded bony cap) in a cloud of triradiate cartilage and fat below the joint.
     isc = scene.ischium * k
     isc_angle = math.degrees(math.atan2(u[1], u[0]))
     h._ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
     h._ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
-    size, squash, bright = g.uniform(0.3, 0.5), g.uniform(0.8, 1.0), g.uniform(0.6, 1.2)
+    size, squash, bright = g.uniform(0.3, 0.5), g.uniform(0.8, 1.0), g.uniform(1.0, 1.8)
     dome = h._arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
     dome[:, 1] = isc[1] + (dome[:, 1] - isc[1]) * squash
     dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
@@ -409,11 +433,14 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
     h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.08, lopsided=0.15, squash=squash), 1.0)
     h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
-    cap_mask = cv2.GaussianBlur(cap_mask, (0, 0), 0.08 * r)
-    specular += cap_mask * cv2.exp(blobs * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous, soft below
+    win = _blur_local(cap_mask, 0.08 * r)
+    specular[win] += cap_mask[win] * cv2.exp(blobs[win] * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous
     halo = np.zeros_like(specular)
     h._ellipse(halo, isc - 0.2 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
-    diffuse += cv2.GaussianBlur(halo, (0, 0), 0.3 * r) * cv2.exp(blobs * np.float32(0.6)) * np.float32(g.uniform(0.05, 0.2))
+    # Triradiate cartilage and fat round the ischium: a fluffy, coarse-grained cloud, not a smooth glow.
+    fluff = _blob_field(params.tissue_seed ^ 0x15C, npx, 48)
+    win = _blur_local(halo, 0.2 * r)
+    diffuse[win] += halo[win] * cv2.exp(fluff[win] * np.float32(0.9)) * np.float32(g.uniform(0.03, 0.12))
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
     h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
@@ -447,9 +474,9 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         pts = _lumpy_outline(g, middle, rn, 24, 0.15, width=2)
         nucleus = np.zeros_like(specular)
         h._fill(nucleus, pts, 1.0)
-        nucleus = cv2.GaussianBlur(nucleus, (0, 0), 0.15 * rn + 0.3)
-        specular += nucleus * cv2.exp(_blob_field(params.tissue_seed ^ 0x0551, npx, 40) * np.float32(0.8)) * np.float32(
-            g.uniform(1.5, 3.5))
+        win = _blur_local(nucleus, 0.15 * rn + 0.3)
+        mottle = _blob_field(params.tissue_seed ^ 0x0551, npx, 40)[win]
+        specular[win] += nucleus[win] * cv2.exp(mottle * np.float32(0.8)) * np.float32(g.uniform(1.5, 3.5))
         facing_probe = pts[:, 1] - middle[1] < -0.2 * np.hypot(*(pts - middle).T)
         _bone_echo(specular, bone, g, pts[facing_probe], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
         h._fill(bone, pts, 0.08)
@@ -462,6 +489,21 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     kernel = _tail_kernel(round(0.25 * k))
     specular += cv2.filter2D(specular, -1, kernel, anchor=(0, len(kernel) - 1), borderType=cv2.BORDER_CONSTANT)
     return diffuse, specular, bone
+
+
+def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
+    """Gaussian-blur ``mask`` in place where it is non-zero, grown by the kernel's reach, and return that
+    window (rows, cols). The pixels of a whole-picture blur (the mask is zero elsewhere; they differ by float
+    rounding only, and the rendered frames are byte-identical) for the small blobs drawn per frame (ischium,
+    ossific nucleus), at a fraction of the cost."""
+    x, y, w, h = cv2.boundingRect((mask.view(np.int32) != 0).view(np.uint8))  # bits: float32 0 is all zero
+    if w == 0:
+        return slice(0, 0), slice(0, 0)
+    reach = math.ceil(4.0 * sigma) + 2
+    rows = slice(max(0, y - reach), min(mask.shape[0], y + h + reach))
+    cols = slice(max(0, x - reach), min(mask.shape[1], x + w + reach))
+    mask[rows, cols] = cv2.GaussianBlur(mask[rows, cols], (0, 0), sigma)
+    return rows, cols
 
 
 def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> None:
@@ -537,10 +579,12 @@ def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None)
         h._polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
 
 
-def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0) -> None:
+def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0, trail_mm=0.0, fade=0.0) -> None:
     """Bone surface: a bright, slightly rough echo (dimmer where oblique to the beams) with a glow, and the
     attenuating band on the bone side that casts the shadow. ``into`` (2,) or (len(pts), 2) points into bone;
-    ``width`` scales the echo's thickness (it differs from hip to hip)."""
+    ``width`` scales the echo's thickness (it differs from hip to hip); ``trail_mm`` > 0 adds a soft echo
+    trailing that far into the bone (a thick surface echo with a sharp top and a fading lower edge, as the
+    infant ilium shows); ``fade`` dims the echo by that share from the first point to the last."""
     from sonogate.phantom import hip_us as h
 
     pts = h._resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
@@ -550,8 +594,14 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0)
     d = np.diff(pts, axis=0)
     cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
     values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
+    if fade > 0:
+        values = values * (1.0 - fade * np.linspace(0.0, 1.0, len(values)))
     h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.0 * k * width))  # glow
     h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.4 * k * width))  # core
     h._segments(specular, pts + 0.7 * k * width * into, 0.25 * values, max(1.0, 0.5 * k * width))  # tail inside
+    for step in range(1, round(trail_mm / 0.4) + 1):  # the soft trail, fading with depth
+        depth = 0.4 * step
+        h._segments(specular, pts + (0.5 + depth) * k * into, values * (0.22 * (1.0 - depth / (trail_mm + 0.4))),
+                    max(1.0, 0.5 * k))
     if mu > 0:
         h._polyline(bone, pts + 1.1 * k * into, mu, max(1.0, 0.8 * k))
