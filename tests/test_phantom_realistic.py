@@ -343,5 +343,11 @@ def test_local_blur_gives_the_whole_picture_blur_of_a_small_blob():
         outside = np.ones_like(mask, bool)
         outside[rows, cols] = False
         assert outside.any() and not whole[outside].any()  # the window is local and nothing leaks past it
+    # Nothing drawn (a blob outside the picture): a one-pixel blank window, so that adding the blurred blob
+    # there is a no-op instead of an empty-array special case.
     empty = np.zeros((32, 32), np.float32)
-    assert realistic._blur_local(empty, 2.0) == (slice(0, 0), slice(0, 0)) and not empty.any()
+    window = realistic._blur_local(empty, 2.0)
+    assert window == (slice(0, 1), slice(0, 1)) and not empty.any()
+    picture = np.ones((32, 32), np.float32)
+    picture[window] += empty[window] * cv2.exp(np.ones((32, 32), np.float32)[window])
+    assert (picture == 1.0).all()

@@ -46,11 +46,11 @@ from sonogate.phantom.devices import ScannerDevice
 
 STYLES: tuple[str, ...] = ("schematic", "realistic")
 DEFAULT_STYLE = "schematic"
-_GAIN_DB = 1.0
+_GAIN_DB = 2.5
 _GAMMA = 1.3  # an S-ish grey map: dark muscle, saturated reflectors, few mid greys (as on real carts)  # the realistic chain relative to the preset: a little darker, a wider log window
 _DR_DB = 6.0
 _SPEC_SCALE = 0.4
-_REJECT = 5.0  # grey levels shown black: real carts' reject keeps shadows and the head truly black
+_REJECT = 2.0  # grey levels shown black: real carts' reject keeps shadows and the head truly black
 REALISTIC_GRAIN = 10.0  # grey levels of pixel-level grain after log compression (real captures have it)
 REALISTIC_LOOKS = 3  # compounded speckle looks (real carts compound steered frames: smoother grain)
 
@@ -120,11 +120,11 @@ def real_look(seed: int) -> RealLook:
         fibre_slope=float(g.uniform(-0.45, 0.1)),
         tgc_db=tuple(float(v) for v in tgc),
         gain_db=float(g.normal(0.0, 3.0)),
-        ilium_thickness=float(g.uniform(0.45, 1.1)),
+        ilium_thickness=float(g.uniform(0.7, 1.4)),
         fibre_contrast=float(g.uniform(0.25, 0.6)),
         deep_db=float(g.uniform(-8.0, 0.0)),
-        block_levels=(float(g.uniform(0.4, 1.9)), float(g.uniform(0.15, 1.6))),
-        head_flecks=int(g.integers(10, 60)),
+        block_levels=(float(g.uniform(0.4, 1.9)), float(g.uniform(0.0, 0.45))),
+        head_flecks=int(g.integers(6, 30)),
     )
 
 
@@ -160,7 +160,7 @@ def vary_anatomy(scene, params, width_mm: float):
     meta_r = scene.metaphysis_radius * float(g.uniform(0.95, 1.4))
     neck_dir = h._rot(u, float(g.uniform(-12.0, 10.0)))
     overlap = float(g.uniform(0.1, 0.3))  # how far the metaphysis reaches under the head (cartilage gap)
-    along, down = float(g.uniform(-0.3, 0.25)), float(g.uniform(1.3, 1.65))
+    along, down = float(g.uniform(-0.3, 0.25)), float(g.uniform(1.15, 1.4))
     # Landmark = ischium - 0.3 r n; keep its depth <= 97 % of the picture (n points deep).
     room = (0.97 * width_mm - c[1] - along * r * u[1]) / (r * max(n[1], 1e-6)) + 0.3
     down = max(1.1, min(down, room))
@@ -305,8 +305,10 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         a = int(g.integers(0, 6)) if g.random() < 0.5 else int(g.integers(0, len(xs) // 2))
         b = len(xs) - (int(g.integers(0, 6)) if g.random() < 0.6 else int(g.integers(0, len(xs) // 3)))
         # Superficial fasciae are the brightest (less tissue above them, square to the beam).
-        _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(7.0, 16.0) * (1.6 - f), 1.0, 0.5)
-    for _ in range(int(g.integers(8, 36))):  # short bright dashes: perimysium, fibre bundles
+        # Hazy or crisp: muscle boundaries differ (not one pen stroke for all).
+        _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(5.0, 16.0) * (1.6 - f), 1.0, 0.5,
+                   haze=g.uniform(0.03, 0.09))
+    for _ in range(int(g.integers(4, 20))):  # short bright dashes: perimysium, fibre bundles
         f = g.uniform(0.0, 1.0) ** 1.3
         ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.15 * k * _wobble(g, len(xs), 10)
         a = int(g.integers(0, len(xs) - 4))
@@ -333,7 +335,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
                       c, low[None, :]])
     h._fill(diffuse, cart, 0.05)
     h._ellipse(diffuse, c + 1.3 * r * u - 0.3 * r * n, (1.0 * r, 0.7 * r), math.degrees(math.atan2(u[1], u[0])), 0.06)
-    cv2.circle(diffuse, center, round(r * 16), 0.06, -1, cv2.LINE_8, 4)
+    cv2.circle(diffuse, center, round(r * 16), 0.075, -1, cv2.LINE_8, 4)
     # "Starry sky": flecks (vascular sinusoids) bunched in a few clusters, not sprinkled evenly; a few of
     # them short curved strands.
     count = rl.head_flecks
@@ -382,6 +384,10 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
             tangent = -tangent
         tri = np.stack([lab - 0.14 * r * radial - 0.2 * r * tangent, lab + 0.18 * r * radial - 0.2 * r * tangent,
                         lab + 0.05 * r * radial + 0.5 * r * tangent])
+        # A soft, ragged wedge (fibrocartilage in fat), not a clean triangle.
+        tri = h._resample(np.vstack([tri, tri[:1]]), max(1.0, 0.04 * r))
+        middle = tri.mean(axis=0)
+        tri = middle + (tri - middle) * (1.0 + 0.2 * _wobble(g, len(tri), 3))[:, None]
         h._fill(diffuse, tri, g.uniform(0.3, 0.7))
         h._fill(specular, tri, g.uniform(0.2, 0.8))  # echogenic but not a pasted-on spike
     else:
@@ -391,12 +397,12 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     mu = 2.3 / mm(0.8)
     roof_drawn = roof if defect != "no_lower_limb" else roof[: max(3, int(len(roof) * 0.55))]
     il, roof_drawn = _round_rim(scene.ilium * k, roof_drawn, rim, g.uniform(0.12, 0.35) * r)
-    trail = g.uniform(0.6, 2.0)
-    _bone_echo(specular, bone, g, il, n, 40.0, mu, k, width=rl.ilium_thickness, trail_mm=trail,
-               fade=g.uniform(0.2, 0.6))  # brightest at the rim, where the bone is square to the beam
+    trail, knob = g.uniform(0.6, 2.0), g.uniform(0.5, 2.0)
+    _bone_echo(specular, bone, g, il, n, 22.0, mu, k, width=rl.ilium_thickness, trail_mm=trail,
+               fade=g.uniform(0.4, 0.85), knob=knob)  # brightest and thickest at the rim
     m_away = -(math.sin(math.radians(scene.alpha)) * u - math.cos(math.radians(scene.alpha)) * n)
-    _bone_echo(specular, bone, g, roof_drawn, m_away, 34.0, mu, k, floor=0.45, width=rl.ilium_thickness,
-               trail_mm=0.6 * trail)
+    _bone_echo(specular, bone, g, roof_drawn, m_away, 18.0, mu, k, floor=0.8, width=rl.ilium_thickness,
+               trail_mm=0.6 * trail, knob=knob)
     # The gluteus minimus and periosteum on the ilium: a grey, brighter-than-muscle layer over the bone
     # near the rim, fading upward (the ilium is not a line in black muscle on real scans).
     reach = max(2, int(len(il) * g.uniform(0.4, 1.0)))
@@ -409,7 +415,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
     end = roof_drawn[-1]
-    blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + 0.1 * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
+    blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + g.uniform(0.1, 0.8) * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
     if defect != "no_lower_limb":
         h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
         if g.random() < 0.8:
@@ -425,31 +431,44 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     isc_angle = math.degrees(math.atan2(u[1], u[0]))
     h._ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
     h._ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
-    size, squash, bright = g.uniform(0.3, 0.5), g.uniform(0.8, 1.0), g.uniform(1.0, 1.8)
+    size, squash, bright = g.uniform(0.2, 0.36), g.uniform(0.7, 0.95), g.uniform(0.6, 1.4)
     dome = h._arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
     dome[:, 1] = isc[1] + (dome[:, 1] - isc[1]) * squash
     dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
     cap_mask = np.zeros_like(specular)
+    fluff = _blob_field(params.tissue_seed ^ 0x15C, npx, 48)
     # A ball: the cancellous bone fills the whole outline, fading toward the bottom (no flat floor).
     # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
-    h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.08, lopsided=0.15, squash=squash), 1.0)
+    h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.16, lopsided=0.3, squash=squash), 1.0)
     h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
     win = _blur_local(cap_mask, 0.08 * r)
-    specular[win] += cap_mask[win] * cv2.exp(blobs[win] * np.float32(0.4)) * np.float32(3.5 * bright)  # cancellous
+    specular[win] += cap_mask[win] * cv2.exp(fluff[win] * np.float32(0.8)) * np.float32(3.5 * bright)  # cancellous
     halo = np.zeros_like(specular)
-    h._ellipse(halo, isc - 0.2 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
+    h._ellipse(halo, isc + 0.35 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
     # Triradiate cartilage and fat round the ischium: a fluffy, coarse-grained cloud, not a smooth glow.
-    fluff = _blob_field(params.tissue_seed ^ 0x15C, npx, 48)
     win = _blur_local(halo, 0.2 * r)
-    diffuse[win] += halo[win] * cv2.exp(fluff[win] * np.float32(0.9)) * np.float32(g.uniform(0.03, 0.12))
+    diffuse[win] += halo[win] * cv2.exp(fluff[win] * np.float32(0.9)) * np.float32(g.uniform(0.08, 0.2))
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
+    # Below the head, between the acetabulum and the neck: fat, triradiate cartilage and ischium scatter as a
+    # coarse grey mass down to the picture's edge. Left dark, the ilium's block reads as a pasted-in slab.
+    a_low = math.degrees(math.atan2(*(low - c)[::-1]))
+    a_neck = math.degrees(math.atan2(*(mc - c)[::-1])) if defect != "no_chondro_osseous" else 180.0 - a_low
+    sweep = (a_neck - a_low + 180.0) % 360.0 - 180.0
+    if ((90.0 - a_low) * math.copysign(1.0, sweep)) % 360.0 > abs(sweep):  # the other way, round the bottom
+        sweep -= math.copysign(360.0, sweep)
+    under_arc = h._arc_points(c, 1.06 * r, a_low, a_low + sweep, 16)
+    under = np.zeros_like(diffuse)
+    h._fill(under, np.vstack([under_arc, [[under_arc[-1, 0], npx * 1.1], [under_arc[0, 0], npx * 1.1]]]), 1.0)
+    win = _blur_local(under, 0.12 * r)
+    diffuse[win] += under[win] * cv2.exp(fluff[win] * np.float32(0.7)) * np.float32(g.uniform(0.4, 1.5) *
+                                                                                    float(muscle_level))
     h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
     if defect != "no_chondro_osseous":
         facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
         # Not a perfect circle: the radius wanders away from the point that faces the head (the landmark
         # stays on the drawn surface), the top flattens, and the trochanter runs on to the right.
-        angles = np.linspace(facing - 25.0, facing + 125.0, 28)
+        angles = np.linspace(facing - g.uniform(0.0, 20.0), facing + 125.0, 28)
         away = np.clip(np.abs(angles - facing) / 60.0, 0.0, 1.0)
         radius = mr * (1.0 + away * (0.07 * _wobble(g, len(angles), 5) + g.uniform(0.0, 0.12)))
         t = np.radians(angles)
@@ -463,7 +482,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
             arc = np.vstack([arc, tail[1:]])
         inward = np.array([0.0, 1.0]) * np.ones((len(arc), 1))
         inward[: len(angles)] = (mc[None, :] - arc[: len(angles)]) / np.hypot(*(mc[None, :] - arc[: len(angles)]).T)[:, None]
-        _bone_echo(specular, bone, g, arc, inward, 24.0 * g.uniform(0.7, 1.2), 0.5 * mu, k, floor=0.35)
+        _bone_echo(specular, bone, g, arc, inward, 24.0 * g.uniform(0.7, 1.2), 0.5 * mu, k, floor=0.12)
         # The neck's medial side drops steeply from the arc to the lower edge.
         drop = np.stack([arc[0] + np.array([-0.08 * mr * f, 0.8 * mr * f]) for f in np.linspace(0.0, 1.0, 6)])
         drop = np.vstack([drop, [[drop[-1, 0] - 0.05 * mr, npx * 1.1]]])
@@ -494,11 +513,12 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
 
 def _drawn_window(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
     """(rows, cols) of the box round ``mask``'s non-zero pixels, grown by ``reach`` px and clipped to the
-    picture; empty slices if nothing is drawn. Per-frame layers drawn on a blank picture are added (and
+    picture; the (blank) top-left pixel if nothing is drawn, so that callers need no special case (an empty
+    window would make ``cv2.exp`` return None). Per-frame layers drawn on a blank picture are added (and
     blurred) only there."""
     x, y, w, h = cv2.boundingRect((mask.view(np.int32) != 0).view(np.uint8))  # bits: float32 0 is all zero
     if w == 0:
-        return slice(0, 0), slice(0, 0)
+        return slice(0, 1), slice(0, 1)
     return (slice(max(0, y - reach), min(mask.shape[0], y + h + reach)),
             slice(max(0, x - reach), min(mask.shape[1], x + w + reach)))
 
@@ -509,8 +529,7 @@ def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
     rendered frames came out byte-identical over 120 seeded renders) for the small blobs drawn per frame
     (ischium, ossific nucleus), at a fraction of the cost."""
     window = _drawn_window(mask, math.ceil(4.0 * sigma) + 2)
-    if window[0].stop > window[0].start:
-        mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
+    mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
     return window
 
 
@@ -568,26 +587,42 @@ def _round_rim(ilium, roof, rim, radius) -> tuple[np.ndarray, np.ndarray]:
     return np.vstack([start, ilium[along > radius]]), np.vstack([corner, roof[j + 1 :]])
 
 
-def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None) -> None:
-    """A fascia-like reflector: brightness varying along it, short gaps; ``belly`` > 0 marks the band just
-    below it in ``shade`` (the share of the diffuse echo lost there: hypoechoic muscle under a fascia)."""
+def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None, haze=0.04) -> None:
+    """A fascia-like reflector: brightness varying along it, short gaps, in a glow of ``haze`` x its
+    brightness; ``belly`` > 0 marks the band just below it in ``shade`` (the share of the diffuse echo lost
+    there: hypoechoic muscle under a fascia)."""
     from sonogate.phantom import hip_us as h
 
     pts = points if points is not None else np.stack([xs, ys], axis=1)
     if len(pts) < 2:
         return
     m = len(pts) - 1
-    gaps = np.where(_wobble(g, m, 2) < -1.3, 0.15, 1.0)
+    gaps = np.where(_wobble(g, m, 2) < -1.1, 0.12, 1.0)
     # Tapered ends: a fascia fades in and out of the plane instead of stopping bluntly.
     ramp = np.minimum(1.0, np.minimum(np.arange(m) + 0.5, m - 0.5 - np.arange(m)) / max(1.0, 0.2 * m))
-    values = level * gaps * ramp**1.5 * np.exp(0.35 * _wobble(g, m, 4))
-    h._segments(specular, pts, 0.04 * values, 2.5 * thickness)  # beam-width glow
+    values = level * gaps * ramp**1.5 * np.exp(0.6 * _wobble(g, m, 4))
+    h._segments(specular, pts, haze * values, 2.5 * thickness)  # beam-width glow
     h._segments(specular, pts, values, thickness)
     if belly > 0:
         h._polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
 
 
-def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0, trail_mm=0.0, fade=0.0) -> None:
+def _band(img, top, into, values, thick) -> None:
+    """A band hanging from the polyline ``top`` (n, 2) into ``into`` (n, 2 unit vectors), ``thick`` (n,) px
+    deep, one value per segment: a bone echo has a sharp leading edge and a thickness that varies along it,
+    which a constant-width line (symmetric about the surface) does not show."""
+    from sonogate.phantom import hip_us as h
+
+    bottom = h._fx(top + thick[:, None] * into).reshape(-1, 2)
+    upper = h._fx(top).reshape(-1, 2)
+    quads = np.stack([upper[:-1], upper[1:], bottom[1:], bottom[:-1]], axis=1)  # one per segment
+    fill = cv2.fillConvexPoly
+    for quad, value in zip(quads, np.asarray(values, dtype=np.float64).tolist()):
+        fill(img, quad, value, cv2.LINE_8, h._SHIFT)
+
+
+def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0, trail_mm=0.0, fade=0.0,
+               knob=0.0) -> None:
     """Bone surface: a bright, slightly rough echo (dimmer where oblique to the beams) with a glow, and the
     attenuating band on the bone side that casts the shadow. ``into`` (2,) or (len(pts), 2) points into bone;
     ``width`` scales the echo's thickness (it differs from hip to hip); ``trail_mm`` > 0 adds a soft echo
@@ -598,18 +633,26 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0,
     pts = h._resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
     into = np.broadcast_to(np.asarray(into, dtype=np.float64), pts.shape) if np.ndim(into) == 1 else \
         np.array([np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, len(into)), into[:, i]) for i in (0, 1)]).T
-    pts = pts + (0.08 * k * _wobble(g, len(pts), 4))[:, None] * into
+    # Real bone echoes are uneven: the surface is a little jagged, the echo waxes, wanes and breaks off
+    # (speckle, periosteum, the beam's incidence), and its thickness varies along it.
+    pts = pts + (0.12 * k * _wobble(g, len(pts), 3))[:, None] * into
     d = np.diff(pts, axis=0)
     cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.3 * _wobble(g, len(d), 4))
+    breaks = np.where(_wobble(g, len(d), 3) < -1.2, 0.2, 1.0)
+    values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.55 * _wobble(g, len(d), 6)) * breaks
     if fade > 0:
         values = values * (1.0 - fade * np.linspace(0.0, 1.0, len(values)))
-    h._segments(specular, pts + 0.25 * k * into, 0.2 * values, max(2.0, 1.0 * k * width))  # glow
-    h._segments(specular, pts + 0.25 * k * into, values, max(1.0, 0.4 * k * width))  # core
+    # A sharp-topped core band, ``knob`` times thicker at the first point (the rim), tapering over 3 mm, in a
+    # beam-width glow that follows its thickness.
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+    thick = max(1.0, 0.4 * k * width) * (1.0 + knob * np.exp(-along / (3.0 * k))) * np.exp(0.3 * _wobble(g, len(pts), 5))
+    _band(specular, pts - 0.3 * k * width * into, into, 0.2 * values, thick + 0.8 * k * width)
+    _band(specular, pts, into, values, thick)
     h._segments(specular, pts + 0.7 * k * width * into, 0.25 * values, max(1.0, 0.5 * k * width))  # tail inside
     for step in range(1, round(trail_mm / 0.4) + 1):  # the soft trail, fading with depth
         depth = 0.4 * step
         h._segments(specular, pts + (0.5 + depth) * k * into, values * (0.22 * (1.0 - depth / (trail_mm + 0.4))),
                     max(1.0, 0.5 * k))
     if mu > 0:
-        h._polyline(bone, pts + 1.1 * k * into, mu, max(1.0, 0.8 * k))
+        # The shadow starts under the core (deeper at a thick rim: the knob must show, not be shadowed).
+        h._polyline(bone, pts + (1.1 * k + thick[:, None] - thick.min()) * into, mu, max(1.0, 0.8 * k))
