@@ -270,6 +270,32 @@ def test_compounded_looks_lower_speckle_contrast_and_defaults_keep_the_schematic
     assert np.abs(np.diff(grainy[mid].astype(float), axis=1)).mean() > np.abs(np.diff(one[mid].astype(float), axis=1)).mean()
 
 
+def test_display_white_level_caps_the_grey_map_and_the_presets_keep_255():
+    """``ScannerDevice.white`` is the top of the grey map (real SPJ frames peak near 232, never 255): a
+    saturating echo shows at that level, grain included; the presets keep 255; out of range is a user error."""
+    from dataclasses import replace
+
+    from sonogate.phantom.acoustics import form_image, new_speckle_field
+    from sonogate.phantom.devices import get_device
+
+    n = 96
+    device = get_device("A")
+    assert device.white == 255.0
+    field = new_speckle_field(np.random.default_rng(1), n)
+    diffuse = np.full((n, n), 0.3, np.float32)
+    zeros = np.zeros((n, n), np.float32)
+    specular = zeros.copy()
+    specular[40:44, :] = 1e4  # a reflector far above the log window's top
+    full = form_image(diffuse, specular, zeros, device, field, n, grain=10.0)
+    capped = form_image(diffuse, specular, zeros, replace(device, white=200.0), field, n, grain=10.0)
+    assert full.max() == 255 and capped.max() == 200
+    assert (capped[40:44, 10:-10] >= 190).mean() > 0.5  # the reflector still shows at (about) the top
+    assert realistic.realistic_device(device).white < 255.0
+    for bad in (100.0, 256.0):
+        with pytest.raises(SonogateError, match="white"):
+            replace(device, white=bad)
+
+
 def test_realistic_anatomy_bright_bone_over_a_darker_block_and_a_bright_ischium():
     """As on real scans: the iliac echo is a bright line over a much darker (grey or black) bone block that no
     bright echo crosses, and the ischium cap is bright."""

@@ -104,7 +104,7 @@ def _device_maps(device: ScannerDevice, n: int) -> tuple[np.ndarray, np.ndarray,
                                 dtype=np.float32)
     # Reject: grey levels below ``device.reject`` show black (scanners' low-level echo threshold).
     grey = np.clip((np.arange(256) - device.reject) / (255.0 - device.reject), 0.0, 1.0)
-    lut = np.clip(255.0 * grey**device.gamma + 0.5, 0, 255).astype(np.uint8)
+    lut = np.clip(device.white * grey**device.gamma + 0.5, 0, 255).astype(np.uint8)
     for array in (gain, noise, haze, lut):
         array.setflags(write=False)
     return gain, noise, haze, lut, norm
@@ -190,7 +190,7 @@ def form_image(
         display -= (np.float32(255.0 * vignette) * (2.0 * x) ** 4)[None, :]
     np.clip(display, 0.0, 255.0, out=display)
     image = display.astype(np.uint8)
-    if device.gamma != 1.0 or device.reject > 0:
+    if device.gamma != 1.0 or device.reject > 0 or device.white != 255.0:
         image = cv2.LUT(image, lut)
     if device.blur_px > 0:
         blur = device.blur_px * n / 256.0
@@ -201,7 +201,7 @@ def form_image(
     if grain > 0:  # last, as the scan converter / video encoder adds it; fades out in black (no signal)
         grey = image.astype(np.float32)
         grey += field[0, ::-1] * cv2.min(grey, 64.0) * np.float32(grain / 64.0)  # flipped: not the speckle's
-        image = np.clip(grey, 0.0, 255.0).astype(np.uint8)
+        image = np.clip(grey, 0.0, device.white).astype(np.uint8)  # the grey map's top bounds the grain too
     if n != size:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return image

@@ -38,7 +38,9 @@ class ScannerDevice:
     haze: incoherent clutter / reverberation level, growing with depth (the grey veil over shadows).
     gamma: display gamma applied after log compression (> 1 darkens mid-greys).
     reject: grey level (0-255, before the gamma) below which the display is black, the scanner's reject
-        control that hides low-level noise; the rest of the range is stretched to fill 0-255.
+        control that hides low-level noise; the rest of the range is stretched to fill 0-``white``.
+    white: grey level of the brightest echo (the top of the display's grey map). 255 on the presets; real
+        carts' grey maps top out lower (the SPJ standard planes never exceed about 236).
     focus_depth_frac: depth of the transmit focus as a share of the depth (brighter, sharper band).
     footprint_frac: share of the image width covered by the transducer aperture (< 1 leaves black sides).
     smoothing: speckle reduction (share of a smoothed copy blended in, 0..1), as scanners' image processing.
@@ -62,6 +64,7 @@ class ScannerDevice:
     haze: float = 0.09
     gamma: float = 1.0
     reject: float = 0.0
+    white: float = 255.0
     focus_depth_frac: float = 0.5
     footprint_frac: float = 1.0
     smoothing: float = 0.45
@@ -77,6 +80,8 @@ class ScannerDevice:
             raise SonogateError(f"device {self.name}: render_scale {self.render_scale} outside 0.25..1")
         if not (0.0 <= self.reject < 128.0):
             raise SonogateError(f"device {self.name}: reject {self.reject} outside 0..128")
+        if not (128.0 <= self.white <= 255.0):
+            raise SonogateError(f"device {self.name}: white {self.white} outside 128..255")
         if self.dynamic_range_db <= 5.0:
             raise SonogateError(f"device {self.name}: dynamic_range_db must be > 5")
 

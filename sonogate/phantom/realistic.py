@@ -47,10 +47,11 @@ from sonogate.phantom.devices import ScannerDevice
 STYLES: tuple[str, ...] = ("schematic", "realistic")
 DEFAULT_STYLE = "schematic"
 _GAIN_DB = 2.5
-_GAMMA = 1.3  # an S-ish grey map: dark muscle, saturated reflectors, few mid greys (as on real carts)  # the realistic chain relative to the preset: a little darker, a wider log window
+_GAMMA = 1.3  # an S-ish grey map: dark muscle, saturated reflectors, few mid greys (as on real carts)
 _DR_DB = 6.0
 _SPEC_SCALE = 0.4
 _REJECT = 2.0  # grey levels shown black: real carts' reject keeps shadows and the head truly black
+_WHITE = 234.0  # the grey map's top: the 26 SPJ standard planes peak at 213-241 (median 232), never 255
 REALISTIC_GRAIN = 10.0  # grey levels of pixel-level grain after log compression (real captures have it)
 REALISTIC_LOOKS = 3  # compounded speckle looks (real carts compound steered frames: smoother grain)
 
@@ -85,6 +86,7 @@ def realistic_device(device: ScannerDevice) -> ScannerDevice:
         smoothing=min(0.5, device.smoothing),
         gamma=device.gamma * _GAMMA,
         reject=_REJECT,
+        white=_WHITE,
     )
 
 
@@ -123,7 +125,7 @@ def real_look(seed: int) -> RealLook:
         ilium_thickness=float(g.uniform(0.7, 1.4)),
         fibre_contrast=float(g.uniform(0.25, 0.6)),
         deep_db=float(g.uniform(-8.0, 0.0)),
-        block_levels=(float(g.uniform(0.4, 1.9)), float(g.uniform(0.0, 0.45))),
+        block_levels=(float(g.uniform(0.4, 1.9)), float(g.uniform(0.1, 0.9))),
         head_flecks=int(g.integers(6, 30)),
     )
 
