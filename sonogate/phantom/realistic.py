@@ -136,7 +136,7 @@ def realistic_view(params, depth_mm: float) -> tuple[float, float, float]:
 
     Sonographers zoom and centre on the joint: on the real SPJ standard planes the femoral head's radius is
     about a fifth of the picture width, the bony rim sits a quarter of the width from the left edge and a
-    little below mid-depth, and the ischium reaches the lower edge. The schematic style images the device's
+    little below mid-depth, and the tissue below the head reaches the lower edge. The schematic style images the device's
     whole field, which leaves the joint small and high with an empty lower third. Fixed per hip (a sweep
     keeps its framing; probe motion still moves the anatomy in the picture).
     """
@@ -528,8 +528,8 @@ def _drawn_window(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
 def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
     """Gaussian-blur ``mask`` in place where it is non-zero, grown by the kernel's reach, and return that
     window (rows, cols). The pixels of a whole-picture blur to float rounding (the mask is zero elsewhere; the
-    rendered frames came out byte-identical over 120 seeded renders) for the small blobs drawn per frame
-    (ischium, ossific nucleus), at a fraction of the cost."""
+    rendered frames came out byte-identical over 120 seeded renders) for the layers drawn per frame that
+    cover part of the picture (ischium, ossific nucleus, the mass under the head), at a fraction of the cost."""
     window = _drawn_window(mask, math.ceil(4.0 * sigma) + 2)
     mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
     return window
