@@ -149,8 +149,9 @@ def realistic_view(params, depth_mm: float) -> tuple[float, float, float]:
 
 def vary_anatomy(scene, params, width_mm: float):
     """``hip_us``'s ``scene`` with this hip's own bony outline below the joint: the femoral metaphysis
-    (greater trochanter) 0.85-1.3 x the nominal size, its neck turned by -10..+6 deg, its cartilage gap to the
-    head varied, and the ischium moved along and across the ilium. The schematic style places these from the
+    (greater trochanter) 0.95-1.4 x the nominal size, its neck turned by -12..+10 deg, its cartilage gap to the
+    head varied, and the ischium moved along (-0.3..+0.25 r) and across (1.15-1.4 r: at the head's foot)
+    the ilium. The schematic style places these from the
     head alone, so every hip shares one silhouette (the blind readers' main cue); real hips differ. Nothing
     that alpha, beta or coverage depend on moves, and the returned landmarks follow the moved structures; the
     ischium's landmark stays inside the ``width_mm`` square picture (it is raised if it would not).
@@ -418,12 +419,12 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
     end = roof_drawn[-1]
     blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + g.uniform(0.1, 0.8) * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
+    a_low = math.degrees(math.atan2(*(low - c)[::-1]))  # the lower limb's direction from the head's centre
     if defect != "no_lower_limb":
         h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
         if g.random() < 0.8:
             # The acetabular fossa's floor: from the lower limb a soft (not bony, unshadowed) echo runs on
             # round under the head, closing the dark circle that real scans show.
-            a_low = math.degrees(math.atan2(*(low - c)[::-1]))
             sweep = g.uniform(40.0, 110.0) * (1.0 if math.sin(math.radians(a_low)) * u[0] > 0 else -1.0)
             bowl = h._arc_points(c, 1.0, a_low, a_low - sweep, 16) - c
             bowl = c + bowl * (r * (g.uniform(1.02, 1.12) + 0.04 * _wobble(g, 16, 3)))[:, None]
@@ -443,17 +444,14 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
     h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.16, lopsided=0.3, squash=squash), 1.0)
     h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
-    win = _blur_local(cap_mask, 0.08 * r)
-    specular[win] += cap_mask[win] * cv2.exp(fluff[win] * np.float32(0.8)) * np.float32(3.5 * bright)  # cancellous
+    _add_blurred(specular, cap_mask, 0.08 * r, fluff, 0.8, 3.5 * bright)  # cancellous
     halo = np.zeros_like(specular)
     h._ellipse(halo, isc + 0.35 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
     # Triradiate cartilage and fat round the ischium: a fluffy, coarse-grained cloud, not a smooth glow.
-    win = _blur_local(halo, 0.2 * r)
-    diffuse[win] += halo[win] * cv2.exp(fluff[win] * np.float32(0.9)) * np.float32(g.uniform(0.08, 0.2))
+    _add_blurred(diffuse, halo, 0.2 * r, fluff, 0.9, g.uniform(0.08, 0.2))
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
     # Below the head, between the acetabulum and the neck: fat, triradiate cartilage and ischium scatter as a
     # coarse grey mass down to the picture's edge. Left dark, the ilium's block reads as a pasted-in slab.
-    a_low = math.degrees(math.atan2(*(low - c)[::-1]))
     a_neck = math.degrees(math.atan2(*(mc - c)[::-1])) if defect != "no_chondro_osseous" else 180.0 - a_low
     sweep = (a_neck - a_low + 180.0) % 360.0 - 180.0
     if ((90.0 - a_low) * math.copysign(1.0, sweep)) % 360.0 > abs(sweep):  # the other way, round the bottom
@@ -461,9 +459,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     under_arc = h._arc_points(c, 1.06 * r, a_low, a_low + sweep, 16)
     under = np.zeros_like(diffuse)
     h._fill(under, np.vstack([under_arc, [[under_arc[-1, 0], npx * 1.1], [under_arc[0, 0], npx * 1.1]]]), 1.0)
-    win = _blur_local(under, 0.12 * r)
-    diffuse[win] += under[win] * cv2.exp(fluff[win] * np.float32(0.7)) * np.float32(g.uniform(0.4, 1.5) *
-                                                                                    float(muscle_level))
+    _add_blurred(diffuse, under, 0.12 * r, fluff, 0.7, g.uniform(0.4, 1.5) * float(muscle_level))
     h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
     if defect != "no_chondro_osseous":
@@ -496,9 +492,8 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         pts = _lumpy_outline(g, middle, rn, 24, 0.15, width=2)
         nucleus = np.zeros_like(specular)
         h._fill(nucleus, pts, 1.0)
-        win = _blur_local(nucleus, 0.15 * rn + 0.3)
-        mottle = _blob_field(params.tissue_seed ^ 0x0551, npx, 40)[win]
-        specular[win] += nucleus[win] * cv2.exp(mottle * np.float32(0.8)) * np.float32(g.uniform(1.5, 3.5))
+        mottle = _blob_field(params.tissue_seed ^ 0x0551, npx, 40)
+        _add_blurred(specular, nucleus, 0.15 * rn + 0.3, mottle, 0.8, g.uniform(1.5, 3.5))
         facing_probe = pts[:, 1] - middle[1] < -0.2 * np.hypot(*(pts - middle).T)
         _bone_echo(specular, bone, g, pts[facing_probe], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
         h._fill(bone, pts, 0.08)
@@ -533,6 +528,14 @@ def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
     window = _drawn_window(mask, math.ceil(4.0 * sigma) + 2)
     mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
     return window
+
+
+def _add_blurred(dst, mask, sigma, texture, contrast, level) -> None:
+    """``dst += blur(mask) * exp(contrast * texture) * level``, computed only round what ``mask`` holds
+    (``_blur_local``): the per-frame blobs and masses (ischium, its cloud, the mass under the head, the
+    ossific nucleus) mottled by a per-hip texture field."""
+    win = _blur_local(mask, sigma)
+    dst[win] += mask[win] * cv2.exp(texture[win] * np.float32(contrast)) * np.float32(level)
 
 
 def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> None:
@@ -639,14 +642,15 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0,
     # (speckle, periosteum, the beam's incidence), and its thickness varies along it.
     pts = pts + (0.12 * k * _wobble(g, len(pts), 3))[:, None] * into
     d = np.diff(pts, axis=0)
-    cos_i = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    seg_len = np.hypot(d[:, 0], d[:, 1])
+    cos_i = np.abs(d[:, 0]) / np.maximum(seg_len, 1e-9)
     breaks = np.where(_wobble(g, len(d), 3) < -1.2, 0.2, 1.0)
     values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.55 * _wobble(g, len(d), 6)) * breaks
     if fade > 0:
         values = values * (1.0 - fade * np.linspace(0.0, 1.0, len(values)))
     # A sharp-topped core band, ``knob`` times thicker at the first point (the rim), tapering over 3 mm, in a
     # beam-width glow that follows its thickness.
-    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+    along = np.concatenate([[0.0], np.cumsum(seg_len)])
     thick = max(1.0, 0.4 * k * width) * (1.0 + knob * np.exp(-along / (3.0 * k))) * np.exp(0.3 * _wobble(g, len(pts), 5))
     _band(specular, pts - 0.3 * k * width * into, into, 0.2 * values, thick + 0.8 * k * width)
     _band(specular, pts, into, values, thick)
