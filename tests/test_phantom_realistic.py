@@ -1,5 +1,5 @@
 """The opt-in "realistic" phantom style: deterministic, same labels as the schematic style, the schematic default
-unchanged byte for byte (the committed demo bundle was trained on it), wired through the writer, cine and CLI.
+unchanged (the committed demo bundle was trained on it), wired through the writer, cine and CLI.
 
 Small frames (64-128 px) keep the file to a few seconds on the 2 shared cores.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -25,8 +27,11 @@ def _frame(seed: int, device: str, size: int, defect: str = "", style: str = "sc
     return hip_us.render_us_frame(params, rng, device, size, defect, style=style)
 
 
-# sha256 of seeded schematic frames, computed before the realistic style was added (this numpy / OpenCV build).
-# If one changes, the default look moved and the committed bundle's image-statistics check will refuse it.
+# Seeded schematic frames as rendered when the realistic style was added (OpenCV 5.0; 5.1 renders them alike), kept as
+# PNG with the sha256 of their pixels. If the default look moves, the committed bundle's image-statistics check will
+# refuse it. A byte-for-byte comparison would also fail on a numpy or OpenCV release that rounds one blur pixel
+# differently, so the rendered frame must match the reference to within a rasteriser's rounding, not to the byte.
+SCHEMATIC_FRAMES = Path(__file__).resolve().parent / "data" / "schematic_frames"
 SCHEMATIC_SHA256 = {
     (0, "A", 128, ""): "1bc86103f64422a56305840902054752e5280e4edf5343c5db9e0941b21f745a",
     (1, "C", 96, "tilt"): "364181c5b8845da681b0e412f4591c1661c850ae29b950facd24292b63080579",
@@ -35,10 +40,15 @@ SCHEMATIC_SHA256 = {
 
 
 @pytest.mark.parametrize("key", list(SCHEMATIC_SHA256))
-def test_default_style_is_the_schematic_look_byte_for_byte(key):
+def test_default_style_is_the_schematic_look(key):
     seed, device, size, defect = key
+    reference = cv2.imread(str(SCHEMATIC_FRAMES / f"seed{seed}_{device}_{size}_{defect or 'none'}.png"),
+                           cv2.IMREAD_UNCHANGED)
+    assert hashlib.sha256(reference.tobytes()).hexdigest() == SCHEMATIC_SHA256[key]  # the reference is the original
     default = _frame(seed, device, size, defect)
-    assert hashlib.sha256(default.image.tobytes()).hexdigest() == SCHEMATIC_SHA256[key]
+    difference = np.abs(default.image.astype(np.int16) - reference.astype(np.int16))
+    assert default.image.shape == reference.shape and default.image.dtype == np.uint8
+    assert difference.mean() <= 0.25 and np.mean(difference > 3) <= 0.002, (difference.mean(), difference.max())
     explicit = _frame(seed, device, size, defect, style="schematic")
     assert np.array_equal(default.image, explicit.image)
 

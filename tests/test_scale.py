@@ -202,6 +202,25 @@ def test_irregular_or_ambiguous_ticks_give_none():
     assert estimate_ruler_scale(screen, roi) is None
 
 
+def test_depth_labels_that_break_into_more_marks_than_the_ruler_has_ticks():
+    """Label glyphs beside the ticks share stroke ends too. How many tick-like marks a digit makes depends on the
+    font rasteriser (OpenCV 5.1 draws Hershey digits in more pieces than 5.0: the release that broke this
+    detector), so the labels are drawn here with plain lines, the same on every release: four stroke columns of
+    short bars beside every tick, each column a larger group of shared ends than the ruler itself."""
+    screen, roi, truth = ruler_screen(side="right", cm_px=18.5, minor=1, line=False, labels=False)
+    x, y, w, h = roi
+    tick_x = x + w + 6
+    for i in range(int((h - 1) // 18.5) + 1):
+        ty = y + round(i * 18.5)
+        for column in range(4):
+            left = tick_x + 13 + 5 * column
+            for dy in (-3, 0, 3):  # three bars a glyph, off the tick's row: label strokes
+                cv2.line(screen, (left, ty + dy), (left + 3, ty + dy), (150, 150, 150), 1)
+    found = estimate_ruler_scale(screen, roi)
+    assert_close(found, truth)
+    assert abs(found.x - tick_x) <= 1 and found.minor_per_cm == 1
+
+
 def test_real_ge_screen_ruler_matches_its_depth_label(shared_data):
     """GE LOGIQ hip screens (hip-radiopaedia-ddh): ruler ticks every cm; 171551 is labelled 5.0 cm deep."""
     from sonogate.data.dicom import read_dicom

@@ -130,7 +130,7 @@ def _tick_candidates(band: np.ndarray, inner_left: bool) -> list[_Tick]:
 
 
 def _groups(ticks: list[_Tick], inner: str) -> list[tuple[str, int, list[_Tick]]]:
-    """Ticks sharing a left end or a right end (within 1 px), largest groups first.
+    """Ticks sharing a left end or a right end (within 1 px), largest groups first, every distinct one.
 
     ``inner``: the end facing the ROI. Marks cut by the ROI edge only join groups on the far end: some scanners
     draw the ruler across the image edge (their far ends align), while image content cut by an ROI that is a
@@ -145,12 +145,15 @@ def _groups(ticks: list[_Tick], inner: str) -> list[tuple[str, int, list[_Tick]]
             if len(members) >= MIN_TICKS:
                 found.append((end, int(value), members))
     found.sort(key=lambda g: -len(g[2]))
-    # neighbouring end values give near-identical groups: keep a few distinct ones
+    # neighbouring end values give near-identical groups: keep the distinct ones. All of them, not the few largest:
+    # the strokes of the depth labels beside a ruler also share ends, and how many marks a digit breaks into
+    # depends on the font rasteriser (OpenCV 5.1 draws Hershey digits in more pieces than 5.0), so label groups
+    # can outnumber a ruler's ticks. The caller skips groups too small to beat the best fit, so this stays cheap.
     distinct: list[tuple[str, int, list[_Tick]]] = []
     for group in found:
         if not any(g[0] == group[0] and abs(g[1] - group[1]) <= 2 for g in distinct):
             distinct.append(group)
-    return distinct[:4]
+    return distinct
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
