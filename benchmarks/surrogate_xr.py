@@ -50,7 +50,7 @@ def run_bundle(
     """Generate the paired patients and run every frame through the bundle. Output: (per-hip arrays, info)."""
     from sonogate.device.compute import create_backend
     from sonogate.phantom.paired import DEFAULT_AI_MODEL, iter_paired_patients
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
     from sonogate.runtime.engine import OodModel, choose_variant
     from sonogate.runtime.preprocess import Preprocessor
 

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_phantom(sub)
     register_models(sub)
     register_calibration(sub)
-    for extra in ("sonogate.runtime.analyze_cli", "sonogate.bench_cli", "sonogate.runtime.audit_cli"):
+    for extra in ("sonogate.runtime.analyze_cli", "sonogate.bench.cli", "sonogate.runtime.audit_cli"):
         try:
             module = __import__(extra, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -30,7 +30,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sonogate.calibration.calfile import MeasurementCalibration, load_calibration
-from sonogate.runtime.bundle import write_manifest
+from sonogate.core.bundle import write_manifest
 from tests.tiny_bundle import SIZE, speckled_frame, tiny_model, write_tiny_bundle
 
 pytestmark = pytest.mark.torchfree

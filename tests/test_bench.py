@@ -11,7 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from sonogate import bench_cli
+from sonogate.bench.flops import count_flops
+from sonogate.bench.models import build_resnet18_onnx, kernel_model
+from sonogate.bench.report import latency_stats
+from sonogate.bench.workers import run_worker
 from sonogate.cli import main
 from tests.tiny_bundle import speckled_frame, write_tiny_bundle
 
@@ -95,18 +98,18 @@ def test_end_to_end_and_accuracy_parts_on_a_tiny_bundle(tmp_path, monkeypatch):
 def test_flop_count_matches_the_layer_arithmetic(tmp_path):
     import onnx
 
-    model, _, flops = bench_cli._kernel_model("conv3x3_128x28", "fp32")
+    model, _, flops = kernel_model("conv3x3_128x28", "fp32")
     onnx.save(model, str(tmp_path / "conv.onnx"))
-    assert bench_cli.count_flops(tmp_path / "conv.onnx")["flops"] == flops == 2 * 128 * 128 * 9 * 28 * 28
+    assert count_flops(tmp_path / "conv.onnx")["flops"] == flops == 2 * 128 * 128 * 9 * 28 * 28
     # the torch-free ResNet-18 builder: conv1 alone is 64 * 7 * 7 MACs per output pixel (S/2)^2
-    bench_cli.build_resnet18_onnx(tmp_path / "r.onnx", 64)
-    counted = bench_cli.count_flops(tmp_path / "r.onnx")
+    build_resnet18_onnx(tmp_path / "r.onnx", 64)
+    counted = count_flops(tmp_path / "r.onnx")
     assert counted["macs_by_op"]["Gemm"] == 512 * 128 * 2 + 128 * 3 + 128 * 1
     assert 1.6e9 * (64 / 160) ** 2 < counted["flops"] < 1.95e9 * (64 / 160) ** 2
 
 
 def test_percentiles_are_ordered():
-    stats = bench_cli._stats(list(np.random.default_rng(0).gamma(2.0, 5.0, 300)))
+    stats = latency_stats(list(np.random.default_rng(0).gamma(2.0, 5.0, 300)))
     assert stats["n"] == 300
     assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
 
@@ -136,13 +139,13 @@ def test_full_recipe_rebuild_with_the_shipping_exporter_and_nncf(tmp_path):
     """The full run rebuilds sizes with sonogate.export (dynamo ONNX, INT8 QDQ) and NNCF: minutes on 2 cores."""
     pytest.importorskip("torch")
     pytest.importorskip("nncf")
-    result = bench_cli.run_worker({"task": "build", "size": 64, "dir": str(tmp_path / "m"), "arch_kind": "torch",
-                                   "calib_images": [], "calib_frames": 8, "nncf": True, "int8": True, "ship": True},
-                                  1, 900)
+    result = run_worker({"task": "build", "size": 64, "dir": str(tmp_path / "m"), "arch_kind": "torch",
+                         "calib_images": [], "calib_frames": 8, "nncf": True, "int8": True, "ship": True},
+                        1, 900)
     assert "error" not in result, result
     assert result["int8"] and result["nncf"], result["meta"]
     assert result["meta"]["int8"]["calibration"] == "smooth-random"
-    latency = bench_cli.run_worker({"task": "latency", "backend": "openvino-nncf", "precision": "int8", "size": 64,
-                                    "threads": 1, "model": result["nncf"], "frames": 5, "warmup": 1,
-                                    "cache": str(tmp_path)}, 1, 300)
+    latency = run_worker({"task": "latency", "backend": "openvino-nncf", "precision": "int8", "size": 64,
+                          "threads": 1, "model": result["nncf"], "frames": 5, "warmup": 1,
+                          "cache": str(tmp_path)}, 1, 300)
     assert "error" not in latency and len(latency["times_ms"]) == 5

@@ -121,7 +121,7 @@ def test_cli_calibrate_user_errors(tmp_path, synth_csv):
 
 
 def test_cli_calibrate_bundle_path_binds_to_bundle_hash(tmp_path, monkeypatch, capsys):
-    from sonogate.runtime.bundle import manifest_hash, write_manifest
+    from sonogate.core.bundle import manifest_hash, write_manifest
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -255,7 +255,7 @@ def test_calibrate_bundle_end_to_end_with_real_predict_folder(tmp_path, capsys):
     try:
         from tiny_bundle import speckled_frame, write_tiny_bundle
 
-        from sonogate.runtime.bundle import manifest_hash
+        from sonogate.core.bundle import manifest_hash
         from sonogate.runtime.predict import predict_folder  # noqa: F401
     except ImportError as exc:  # the runtime stage is not importable in this checkout
         pytest.skip(f"runtime not importable: {exc}")

@@ -17,7 +17,7 @@ from sonogate.export.bundle import ExportOptions, export_bundle
 from sonogate.export.onnx_export import check_onnx, export_onnx, ort_session, run_ort
 from sonogate.models.network import OUTPUT_NAMES
 from sonogate.models.train import TrainConfig, build_model, load_checkpoint, run_training
-from sonogate.runtime.bundle import load_bundle
+from sonogate.core.bundle import load_bundle
 
 SIZE = 64
 

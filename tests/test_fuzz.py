@@ -117,7 +117,7 @@ def _check_event(event) -> None:
 @given(frame=arrays(), roi=st.none() | st.tuples(*[st.integers(-2**31, 2**31)] * 4)
        | st.tuples(*[st.integers(-8, 64)] * 4))
 def test_preprocessor_returns_a_finite_tensor_or_raises_frame_error(bundle_dir, frame, roi):
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
 
     preprocessor = Preprocessor(load_bundle(bundle_dir, verify=False).preprocessing)
     try:
@@ -137,7 +137,7 @@ def test_preprocessor_returns_a_finite_tensor_or_raises_frame_error(bundle_dir, 
 
 @pytest.mark.parametrize("shape", [(0, 40, 3), (40, 0, 4)])
 def test_an_empty_colour_frame_is_a_frame_error(bundle_dir, shape):
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
 
     with pytest.raises(FrameError):
         Preprocessor(load_bundle(bundle_dir, verify=False).preprocessing)(np.zeros(shape, np.uint8))

@@ -10,8 +10,8 @@ import stat
 import pytest
 
 from sonogate.errors import BundleError
-from sonogate.runtime.bundle import load_bundle, write_manifest
-from sonogate.runtime.signing import (
+from sonogate.core.bundle import load_bundle, write_manifest
+from sonogate.core.signing import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
     SIGNATURE,
@@ -181,7 +181,7 @@ def test_the_safety_modules_never_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import sonogate.runtime.audit, sonogate.runtime.audit_cli, sonogate.runtime.signing; "
+    code = ("import sys; import sonogate.runtime.audit, sonogate.runtime.audit_cli, sonogate.core.signing; "
             "import sonogate.runtime.session; "
             "from sonogate.runtime.audit_cli import register; import argparse; "
             "register(argparse.ArgumentParser().add_subparsers()); "

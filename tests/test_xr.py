@@ -23,7 +23,7 @@ from sonogate.calibration.fit import PredictionTable
 from sonogate.calibration.xr import fit_xr_calibration
 from sonogate.errors import CalibrationError
 from sonogate.phantom.xray import XR_LANDMARK_NAMES, measure_xr_from_landmarks, render_xr_frame, sample_xr_params
-from sonogate.runtime.bundle import Preprocessing, write_manifest
+from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.runtime.xr import NORMAL, NOT_NORMAL, WHOLE_PELVIS, XR_OUTPUT_NAMES, hip_verdict, letterbox
 from tests.test_dicom import make_dataset, save
 from tests.tiny_bundle import write_tiny_bundle
@@ -296,7 +296,7 @@ def test_metrics_and_manifest_of_a_tiny_run(trained):
     assert 1 <= len(held_out) < 20 and held_out <= {f"s31-x{i:05d}" for i in range(20)}
     assert held["n_patients"] == len(held_out) and metrics["split"]["n_train_groups"] == 20 - len(held_out)
     manifest = json.loads((trained["bundle"] / "manifest.json").read_text())
-    assert manifest["task"] == "hip_xr" and manifest["xr_contract"] == WHOLE_PELVIS
+    assert manifest["task"]["id"] == "hip_xr" and manifest["xr_contract"] == WHOLE_PELVIS
     assert manifest["outputs"]["measurements"]["names"] == list(XR_OUTPUT_NAMES)
     assert manifest["preprocessing"]["resize"] == "letterbox"
     assert set(manifest["files"]) >= {"model.onnx", "model.int8.onnx", "parity.json"}

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sonogate.calibration.aggregate import AggregationRule
 from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration
-from sonogate.runtime.bundle import Preprocessing, manifest_hash, write_manifest
+from sonogate.core.bundle import Preprocessing, manifest_hash, write_manifest
 
 SIZE = 32
 

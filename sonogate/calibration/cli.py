@@ -147,7 +147,7 @@ def _load_table(args):
         return table, {"source": "predictions_csv", "path": str(path), "sha256": _sha256(path)}, None
     if not args.data:
         raise DataError("--bundle needs --data DIR (a labelled image folder)")
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)  # verifies every file: never calibrate a tampered bundle
     from sonogate.runtime.predict import predict_folder

@@ -337,7 +337,7 @@ def is_xr_request(args) -> bool:
         return modality == "xr"
     if not getattr(args, "bundle", None):
         return False
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
 
     try:
         return load_bundle(args.bundle, verify=False).task == "hip_xr"
@@ -374,7 +374,7 @@ def cmd_calibrate_xr(args) -> int:
     else:
         if not args.data:
             raise DataError("--bundle needs --data DIR (a labelled X-ray folder)")
-        from sonogate.runtime.bundle import load_bundle
+        from sonogate.core.bundle import load_bundle
 
         bundle = load_bundle(args.bundle)  # verifies every file: never calibrate a tampered bundle
         table = predict_xr_folder(args.bundle, args.data, device=args.device, progress=True)

@@ -5,7 +5,7 @@ BUNDLE/model.int8.onnx     static INT8 QDQ (ONNX Runtime), calibrated on phantom
 BUNDLE/openvino/model.xml  OpenVINO IR (NNCF INT8 when it tracks float and is faster, else fp32)
 BUNDLE/ood.npz             feature mean / shrunk inverse covariance / threshold (from training)
 BUNDLE/parity.json         INT8 vs float and each model vs ground truth on held-out infants; latency
-BUNDLE/manifest.json       via sonogate.runtime.bundle.write_manifest (sha256 of every file)
+BUNDLE/manifest.json       via sonogate.core.bundle.write_manifest (sha256 of every file)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sonogate.errors import DataError, SonogateError
 from sonogate.export.onnx_export import INPUT_NAME, check_onnx, export_onnx, ort_session, run_ort
 from sonogate.export.ood import OOD_FILE, mahalanobis, save_ood
 from sonogate.measurements import US_MEASUREMENTS
-from sonogate.runtime.bundle import Preprocessing, write_manifest
+from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.runtime.image_stats import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
 
 FLOAT_FILE = "model.onnx"

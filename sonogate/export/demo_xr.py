@@ -104,7 +104,7 @@ def make_xr_demo_bundle(
     from sonogate.export.xr import XrExportOptions, export_xr_bundle
     from sonogate.models.xr_train import XrTrainConfig, run_xr_training
     from sonogate.phantom.writer import write_xr_dataset
-    from sonogate.runtime.bundle import load_bundle
+    from sonogate.core.bundle import load_bundle
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

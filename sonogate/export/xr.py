@@ -4,12 +4,12 @@ BUNDLE/model.onnx          float graph (encoder + head + in-graph AI / CE / IHDI
 BUNDLE/model.int8.onnx     static INT8 QDQ (ONNX Runtime; encoder only, heads and geometry float)
 BUNDLE/openvino/model.xml  OpenVINO IR of the float graph (only with ``openvino=True`` and openvino installed)
 BUNDLE/parity.json         INT8 vs float and each model vs ground truth on held-out patients; latency
-BUNDLE/manifest.json       via sonogate.runtime.bundle.write_manifest (sha256 of every file)
+BUNDLE/manifest.json       via sonogate.core.bundle.write_manifest (sha256 of every file)
 
 Manifest keys beyond docs/bundle.md: ``xr_contract`` "whole_pelvis"; ``preprocessing.resize`` "letterbox" and
 ``pad_value``; ``outputs.measurements`` with per-side ``names`` (ai_deg_right, ce_deg_right, ai_deg_left,
 ce_deg_left) plus ``measures`` and ``sides``; ``outputs.landmarks`` (names, units, the mapping back to image
-pixels); ``outputs.ihdi_logits`` (classes, source). ``sonogate.runtime.bundle.load_bundle`` reads these
+pixels); ``outputs.ihdi_logits`` (classes, source). ``sonogate.core.bundle.load_bundle`` reads these
 manifests unchanged (names and units are free strings). openvino is imported only when asked for.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from sonogate.errors import DataError, SonogateError
 from sonogate.export.bundle import _inputs, _latency_ms, _pick, _prepare_out_dir, provenance
 from sonogate.export.onnx_export import INPUT_NAME, export_onnx, ort_session, run_ort
-from sonogate.runtime.bundle import Preprocessing, write_manifest
+from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.runtime.xr import IHDI_GRADES, WHOLE_PELVIS, XR_TASK
 
 FLOAT_FILE = "model.onnx"

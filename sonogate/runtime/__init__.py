@@ -3,7 +3,7 @@
 The vendor API is ``Session`` (frames in, event dicts out); see README.md.
 """
 
-from sonogate.runtime.bundle import Bundle, load_bundle  # noqa: F401
+from sonogate.core.bundle import Bundle, load_bundle  # noqa: F401
 
 
 def __getattr__(name):  # lazy: importing the package must not load ONNX Runtime / OpenVINO

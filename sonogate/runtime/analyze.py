@@ -143,7 +143,7 @@ class XrayModel:
     def __init__(self, bundle_path: str | Path, device: str = "auto", threads: int = 1):
         from sonogate.calibration.calfile import load_calibration
         from sonogate.errors import BundleError
-        from sonogate.runtime.bundle import load_bundle, sha256_file
+        from sonogate.core.bundle import load_bundle, sha256_file
         from sonogate.runtime.xr import XR_THRESHOLDS, XrPredictor, is_whole_pelvis
 
         self.bundle = load_bundle(bundle_path)

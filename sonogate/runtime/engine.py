@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sonogate.errors import BundleError
-from sonogate.runtime.bundle import Bundle
+from sonogate.core.bundle import Bundle
 from sonogate.runtime.image_stats import DESCRIPTOR_VERSION, ImageStats
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from sonogate.calibration.fit import PredictionTable
 from sonogate.data.folder import read_labelled_folder
-from sonogate.runtime.bundle import load_bundle
+from sonogate.core.bundle import load_bundle
 from sonogate.runtime.engine import InferenceEngine
 from sonogate.runtime.preprocess import Preprocessor
 

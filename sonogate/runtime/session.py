@@ -27,14 +27,14 @@ import numpy as np
 
 from sonogate.calibration.calfile import CalibrationFile, load_calibration
 from sonogate.errors import CalibrationError, SonogateError
-from sonogate.runtime.bundle import Bundle
+from sonogate.core.bundle import Bundle
 from sonogate.runtime.engine import InferenceEngine
 from sonogate.runtime.gates import content_refusal, geometry_refusal
 from sonogate.runtime.preprocess import FrameError, Preprocessor
 from sonogate.runtime.recommend import Decision, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
 from sonogate.runtime.scale import RulerScale, estimate_ruler_scale
-from sonogate.runtime.signing import load_verified_bundle
+from sonogate.core.signing import load_verified_bundle
 
 # DicomImage.spacing_source (or an event's name for it) -> the event's scale_source
 _SCALE_SOURCES = {"ultrasound_regions": "dicom_regions", "dicom_regions": "dicom_regions",

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from sonogate.errors import BundleError
-from sonogate.runtime.bundle import Bundle, load_bundle
+from sonogate.core.bundle import Bundle, load_bundle
 
 XR_TASK = "hip_xr"
 WHOLE_PELVIS = "whole_pelvis"

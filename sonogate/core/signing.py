@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from sonogate.errors import BundleError
-from sonogate.runtime.bundle import MANIFEST, Bundle, load_bundle
+from sonogate.core.bundle import MANIFEST, Bundle, load_bundle
 
 SIGNATURE = "manifest.sig"
 PRIVATE_KEY_NAME = "sonogate_signing_key.pem"
