@@ -1,0 +1,1 @@
+"""Task ``bmd``: femoral-neck bone mineral density per hip from one AP hip/pelvis radiograph (issue 21)."""
