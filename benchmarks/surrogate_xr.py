@@ -48,9 +48,9 @@ def run_bundle(
     bundle_path: str, n_patients: int, seed: int, frames: int, device: str, threads: int, progress: bool
 ) -> tuple[dict, dict]:
     """Generate the paired patients and run every frame through the bundle. Output: (per-hip arrays, info)."""
+    from sonogate.core.bundle import load_bundle
     from sonogate.device.compute import create_backend
     from sonogate.phantom.paired import DEFAULT_AI_MODEL, iter_paired_patients
-    from sonogate.core.bundle import load_bundle
     from sonogate.runtime.engine import OodModel, choose_variant
     from sonogate.runtime.preprocess import Preprocessor
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sonogate import __version__
 from sonogate.cli_types import positive_int as _positive_int
+from sonogate.core.registry import get_task, task_ids
 from sonogate.errors import SonogateError
 
 
@@ -142,14 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     # each stage registers its own commands; imports there are light (no torch at import time)
-    from sonogate.calibration.cli import register as register_calibration
     from sonogate.models.cli import register as register_models
     from sonogate.phantom.cli import register as register_phantom
 
     register_phantom(sub)
     register_models(sub)
-    register_calibration(sub)
-    for extra in ("sonogate.runtime.analyze_cli", "sonogate.bench.cli", "sonogate.runtime.audit_cli"):
+    for extra in ("sonogate.export.cli", "sonogate.runtime.calibrate_cli", "sonogate.runtime.analyze_cli",
+                  "sonogate.bench.cli", "sonogate.runtime.audit_cli"):
         try:
             module = __import__(extra, fromlist=["register"])
         except ModuleNotFoundError as exc:
@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    # a task may bring commands of its own (``sonogate label`` for hip_us), named in its spec's parts["cli"] and
+    # found through the registry, so adding a task does not touch this file
+    for task_id in task_ids():
+        if "cli" in get_task(task_id).parts:
+            get_task(task_id).part("cli")(sub)
     return parser
 
 

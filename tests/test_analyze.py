@@ -16,9 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration
+from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.errors import SonogateError
 from sonogate.runtime.analyze import CSV_COLUMNS, NO_XRAY_MODEL, find_inputs
-from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.runtime.dicom_report import read_sr
 from tests.test_dicom import SECRET_ID, make_dataset, save
 from tests.tiny_bundle import write_tiny_bundle

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from sonogate.calibration.calfile import load_calibration
-from sonogate.calibration.cli import register
 from sonogate.calibration.fit import read_predictions_csv
 from sonogate.calibration.report import policy_report
 from sonogate.calibration.synthetic import synthetic_table
 from sonogate.errors import DataError, SonogateError
+from sonogate.runtime.calibrate_cli import register
 
 pytestmark = pytest.mark.torchfree
 

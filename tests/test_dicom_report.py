@@ -13,8 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from sonogate.runtime.analyze import AnalyzeOptions, analyze
 from sonogate.core.bundle import load_bundle
+from sonogate.runtime.analyze import AnalyzeOptions, analyze
 from sonogate.runtime.dicom_report import AlgorithmInfo, ReportError, ReportGroup, build_sr, read_sr, write_sc, write_sr
 from tests.test_dicom import SECRET_BIRTH, SECRET_ID, SECRET_NAME, make_dataset, save
 from tests.tiny_bundle import write_tiny_bundle

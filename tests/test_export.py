@@ -12,12 +12,12 @@ pytest.importorskip("onnxruntime")
 
 from models_fixture import phantom_folder
 
+from sonogate.core.bundle import load_bundle
 from sonogate.errors import SonogateError
 from sonogate.export.bundle import ExportOptions, export_bundle
 from sonogate.export.onnx_export import check_onnx, export_onnx, ort_session, run_ort
 from sonogate.models.network import OUTPUT_NAMES
-from sonogate.models.train import TrainConfig, build_model, load_checkpoint, run_training
-from sonogate.core.bundle import load_bundle
+from sonogate.tasks.hip_us.train import TrainConfig, build_model, load_checkpoint, run_training
 
 SIZE = 64
 

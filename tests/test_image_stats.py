@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sonogate.data.folder import resize_gray
-from sonogate.export.ood import fit_ood, mahalanobis, save_ood
-from sonogate.phantom.hip_us import render_us_frame, sample_hip_params
+from sonogate.calibration.ood import fit_ood, mahalanobis, save_ood
 from sonogate.core.bundle import write_manifest
+from sonogate.data.folder import resize_gray
+from sonogate.phantom.hip_us import render_us_frame, sample_hip_params
 from sonogate.runtime.image_stats import DESCRIPTOR_DIM, DESCRIPTOR_VERSION, ImageStats, describe_images
 from tests.tiny_bundle import SIZE, write_tiny_bundle
 

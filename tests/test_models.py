@@ -16,7 +16,7 @@ from models_fixture import synthetic_folder
 from sonogate.models.augment import AugmentConfig, augment
 from sonogate.models.encoder import Encoder
 from sonogate.models.simsiam import collapse_std, pretrain
-from sonogate.models.train import TrainConfig, build_model, load_checkpoint, run_training
+from sonogate.tasks.hip_us.train import TrainConfig, build_model, load_checkpoint, run_training
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from models_fixture import phantom_folder
 
 from sonogate.models.geometry import GRAF_LANDMARKS, GrafGeometry
 from sonogate.models.heads import LandmarkHead
-from sonogate.models.train import TrainConfig, run_training
+from sonogate.tasks.hip_us.train import TrainConfig, run_training
 
 hip_us = pytest.importorskip("sonogate.phantom.hip_us")
 

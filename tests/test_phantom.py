@@ -481,7 +481,7 @@ def test_cli_handlers_write_data_and_raise_user_errors(tmp_path):
 
 def test_phantom_imports_neither_torch_nor_scipy():
     code = ("import sys; import sonogate.phantom.cine, sonogate.phantom.writer, sonogate.phantom.xray, "
-            "sonogate.phantom.cli, sonogate.phantom.realism; "
+            "sonogate.phantom.cli, sonogate.phantom.realistic, sonogate.phantom.paired; "
             "bad = [m for m in ('torch', 'scipy') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                             cwd=Path(__file__).parents[1])

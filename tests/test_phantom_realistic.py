@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sonogate.errors import SonogateError
-from sonogate.phantom import cine, cli, hip_us, realistic, writer
+from sonogate.phantom import cine, cli, hip_us, raster, realistic, writer
 from sonogate.phantom.cli import register
 
 pytestmark = pytest.mark.torchfree
@@ -327,46 +327,8 @@ def test_realistic_anatomy_bright_bone_over_a_darker_block_and_a_bright_ischium(
         assert cap > 2.0 * head, (seed, cap, head)
 
 
-def test_separability_auc_is_chance_for_one_domain_and_one_for_two():
-    from sonogate.phantom import realism
-
-    same_a = realism.phantom_images(24, 1, ("A", "B"))
-    same_b = realism.phantom_images(24, 2, ("A", "B"))
-    auc_same = realism.separability_auc(same_a, same_b)
-    assert 0.2 < auc_same < 0.8, auc_same
-    washed = realism.phantom_images(24, 3, ("X_extreme_gain",))
-    assert realism.separability_auc(same_a, washed) > 0.95
-
-
-def test_blind_sheet_hides_the_answer_in_a_key():
-    from sonogate.phantom import realism
-
-    real = [np.full((256, 256), 30, np.uint8)] * 8
-    phantom = [np.full((256, 256), 200, np.uint8)] * 8
-    sheet, key = realism.blind_sheet(real, phantom, count=10, seed=4, tile=64)
-    assert sorted(key) == ["phantom"] * 5 + ["real"] * 5
-    assert sheet.shape == (2 * (18 + 64), 5 * 64, 3)
-    # Tile j (row-major) shows what the key says: real tiles are the dark ones.
-    for j, answer in enumerate(key):
-        row, col = divmod(j, 5)
-        tile = sheet[18 + row * 82 + 20 : 18 + row * 82 + 60, col * 64 + 10 : col * 64 + 54, 0]
-        assert (tile.mean() < 100) == (answer == "real"), (j, answer)
-
-
-def test_realistic_style_is_closer_to_real_scans_than_the_schematic(shared_data):
-    """On the real SPJ standard planes: the realistic style is nearer in the runtime's image statistics
-    (median Mahalanobis distance to a fit on the real frames) than the schematic style of the same hips."""
-    from sonogate.phantom import realism
-
-    real = realism.real_standard_planes(shared_data.parent)
-    assert len(real) >= 20
-    sets = {style: realism.phantom_images(24, 5, ("A", "B"), style=style) for style in realistic.STYLES}
-    dist = realism.ood_distances(real, sets)
-    assert dist["realistic"]["to_real_median"] < 0.85 * dist["schematic"]["to_real_median"], dist
-
-
 def test_local_blur_gives_the_whole_picture_blur_of_a_small_blob():
-    """``_blur_local`` blurs only round the drawn blob (the ischium, the ossific nucleus) and must give the
+    """``raster.blur_local`` blurs only round the drawn blob (the ischium, the ossific nucleus) and must give the
     whole-picture blur (to float rounding), also where the blob touches the picture's edge."""
     import cv2
 
@@ -374,7 +336,7 @@ def test_local_blur_gives_the_whole_picture_blur_of_a_small_blob():
         mask = np.zeros((128, 128), np.float32)
         cv2.ellipse(mask, (round(centre[0]), round(centre[1])), (9, 5), 20.0, 0.0, 360.0, 1.0, -1)
         whole = cv2.GaussianBlur(mask, (0, 0), sigma)
-        rows, cols = realistic._blur_local(mask, sigma)
+        rows, cols = raster.blur_local(mask, sigma)
         np.testing.assert_allclose(mask, whole, rtol=1e-5, atol=1e-9)
         outside = np.ones_like(mask, bool)
         outside[rows, cols] = False
@@ -382,7 +344,7 @@ def test_local_blur_gives_the_whole_picture_blur_of_a_small_blob():
     # Nothing drawn (a blob outside the picture): a one-pixel blank window, so that adding the blurred blob
     # there is a no-op instead of an empty-array special case.
     empty = np.zeros((32, 32), np.float32)
-    window = realistic._blur_local(empty, 2.0)
+    window = raster.blur_local(empty, 2.0)
     assert window == (slice(0, 1), slice(0, 1)) and not empty.any()
     picture = np.ones((32, 32), np.float32)
     picture[window] += empty[window] * cv2.exp(np.ones((32, 32), np.float32)[window])

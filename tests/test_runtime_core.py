@@ -8,8 +8,8 @@ import pytest
 
 from sonogate.calibration.aggregate import AggregationRule
 from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration, load_calibration
-from sonogate.errors import BundleError, CalibrationError
 from sonogate.core.bundle import load_bundle
+from sonogate.errors import BundleError, CalibrationError
 from sonogate.runtime.preprocess import Preprocessor
 from sonogate.runtime.recommend import Recommendation, Recommender, RecommenderConfig
 from tests.tiny_bundle import SIZE, speckled_frame, write_tiny_bundle

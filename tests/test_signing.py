@@ -9,7 +9,6 @@ import stat
 
 import pytest
 
-from sonogate.errors import BundleError
 from sonogate.core.bundle import load_bundle, write_manifest
 from sonogate.core.signing import (
     PRIVATE_KEY_NAME,
@@ -20,6 +19,7 @@ from sonogate.core.signing import (
     sign_bundle,
     verify_bundle_signature,
 )
+from sonogate.errors import BundleError
 from tests.tiny_bundle import write_tiny_bundle
 
 pytestmark = pytest.mark.torchfree

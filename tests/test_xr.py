@@ -21,10 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sonogate.calibration.fit import PredictionTable
 from sonogate.calibration.xr import fit_xr_calibration
+from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.errors import CalibrationError
 from sonogate.phantom.xray import XR_LANDMARK_NAMES, measure_xr_from_landmarks, render_xr_frame, sample_xr_params
-from sonogate.core.bundle import Preprocessing, write_manifest
-from sonogate.runtime.xr import NORMAL, NOT_NORMAL, WHOLE_PELVIS, XR_OUTPUT_NAMES, hip_verdict, letterbox
+from sonogate.runtime.preprocess import letterbox
+from sonogate.tasks.hip_xr.model import NORMAL, NOT_NORMAL, WHOLE_PELVIS, XR_OUTPUT_NAMES, hip_verdict
 from tests.test_dicom import make_dataset, save
 from tests.tiny_bundle import write_tiny_bundle
 
@@ -247,7 +248,7 @@ def trained(tmp_path_factory):
     pytest.importorskip("torch")
     import torch
 
-    from sonogate.models.cli import main as models_main
+    from sonogate.cli import main as models_main
     from sonogate.phantom.writer import write_xr_dataset
 
     torch.set_num_threads(1)

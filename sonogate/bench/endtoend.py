@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from sonogate.bench.workers import one_line, worker_command, worker_env
+from sonogate.bench.text import one_line
+from sonogate.bench.workers import worker_command, worker_env
 from sonogate.errors import SonogateError
 
 HOW = ("Session + LivePipeline with --events (what `sonogate run --headless` runs) in a fresh process, "

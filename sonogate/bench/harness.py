@@ -21,7 +21,8 @@ from sonogate.bench.endtoend import cine, e2e_run
 from sonogate.bench.flops import count_flops
 from sonogate.bench.machine import machine_info, module_available, ort_providers
 from sonogate.bench.report import derive, goal_verdicts, latency_stats, row_label, write_outputs
-from sonogate.bench.workers import one_line, run_worker, worker_env
+from sonogate.bench.text import one_line
+from sonogate.bench.workers import run_worker, worker_env
 
 SCHEMA = 1
 

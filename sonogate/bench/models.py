@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sonogate.bench.workers import one_line
+from sonogate.bench.text import one_line
 
 CACHE_VERSION = 1
 # ResNet-18 stage convs at 224 px: name -> (channels, height = width)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from sonogate.bench.text import one_line
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
               "NUMEXPR_NUM_THREADS")
 # backend -> (sonogate.device.compute device, which model file)
@@ -35,12 +37,6 @@ BACKENDS = {
     "onnxruntime-cuda": ("ort-cuda", "onnx"),
     "onnxruntime-tensorrt": (None, "onnx"),
 }
-
-
-def one_line(exc: BaseException | str) -> str:
-    """An exception or text as one line of at most 300 characters (plus "...")."""
-    text = " ".join(str(exc).split())
-    return (text[:300] + "...") if len(text) > 300 else text
 
 
 # ===================================================================================== parent side

@@ -1,8 +1,10 @@
-"""``sonogate calibrate`` and ``sonogate policy-report``.
+"""The pure half of ``sonogate calibrate`` and ``sonogate policy-report``: their arguments, a predictions CSV read
+as a table, a table calibrated (or reported on) and the result printed. Never runs a model.
 
-Both take either a predictions CSV (any model's output: id, group, [subject], [quality], pred_<m>, true_<m>) or
-a bundle plus a labelled image folder (the bundle's model is run with ``sonogate.runtime.predict``). Handlers
-return an exit code; user errors are raised as SonogateError subclasses (the main CLI prints one line, exit 2).
+The commands themselves are registered by ``sonogate.runtime.calibrate_cli``, which also runs a bundle over a
+labelled folder when ``--bundle`` is given and then hands the table to the functions here (runtime may import
+calibration, never the other way round). Handlers return an exit code; user errors are raised as SonogateError
+subclasses (the main CLI prints one line, exit 2).
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from sonogate.calibration.aggregate import AggregationRule
 from sonogate.calibration.conformal import as_fraction
 from sonogate.errors import CalibrationError, DataError, SonogateError
 from sonogate.measurements import RULES
 
+# What a calibration fit is for: "sweep_rule" (frames aggregated per sweep, one rule over joint bounds; the
+# ultrasound policy) or "per_image" (one-sided bounds per radiograph, the max over its hips; docs/xray.md).
+CALIBRATION_KINDS = ("sweep_rule", "per_image")
+# The spec's calibration score -> the fit that serves it (sonogate.core.task.CalibrationSpec.score).
+KIND_OF_SCORE = {"one_sided_joint_max": "sweep_rule", "one_sided": "per_image"}
 
-def _add_source(parser: argparse.ArgumentParser) -> None:
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--predictions CSV or --bundle with --data, and the options both commands share."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--predictions",
@@ -41,15 +51,9 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split by subject/group")
 
 
-def register(subparsers) -> None:
-    """Add the ``calibrate`` and ``policy-report`` subcommands (handlers set via ``set_defaults(func=...)``)."""
-    p = subparsers.add_parser(
-        "calibrate",
-        help="fit calibration.json (affine correction + one-sided conformal bounds)",
-        description="Fit calibration.json from a predictions CSV, or from a bundle run over a labelled folder "
-        "(then written into the bundle, bound to its hash).",
-    )
-    _add_source(p)
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``sonogate calibrate``."""
+    add_source_arguments(p)
     p.add_argument("--delta", required=True, help="guaranteed false-reassurance probability, e.g. 0.1")
     p.add_argument("--rule", choices=sorted(RULES), default="and", help="rule family (default and)")
     p.add_argument(
@@ -75,15 +79,11 @@ def register(subparsers) -> None:
         help="xr: pelvic X-ray bounds per radiograph (AI upper, CE lower; docs/xray.md); auto: xr when the "
         "bundle's task is hip_xr (default)",
     )
-    p.set_defaults(func=cmd_calibrate)
 
-    r = subparsers.add_parser(
-        "policy-report",
-        help="US-only rate / miss rate / coverage over delta grids, decision curves (PNG, JSON, markdown)",
-        description="Repeated random splits by subject: calibrate on some subjects, evaluate on disjoint ones; "
-        "our joint per-sweep calibration beside the seed paper's separate per-frame mode.",
-    )
-    _add_source(r)
+
+def add_policy_report_arguments(r: argparse.ArgumentParser) -> None:
+    """The arguments of ``sonogate policy-report``."""
+    add_source_arguments(r)
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--deltas", default="0.05,0.1,0.2,0.3,0.4", help="comma-separated delta grid")
     r.add_argument("--targets", default="0.05,0.1", help="miss levels for the headline")
@@ -92,7 +92,6 @@ def register(subparsers) -> None:
     r.add_argument("--eval-fraction", type=float, default=0.4)
     r.add_argument("--affine-fraction", type=float, default=0.5)
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
-    r.set_defaults(func=cmd_policy_report)
 
 
 def save_calibration(cal, out: Path) -> None:
@@ -103,7 +102,8 @@ def save_calibration(cal, out: Path) -> None:
         raise SonogateError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
-def _thresholds(items: list[str]) -> dict[str, float]:
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """``["alpha_deg=60", ...]`` -> {name: value}; SonogateError on an item that is not NAME=NUMBER."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -116,7 +116,9 @@ def _thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _aggregation(args, table) -> AggregationRule:
+def aggregation_from_args(args, table) -> AggregationRule:
+    """The frame-aggregation rule: the table's default, overridden by --quality-threshold / --min-frames /
+    --window."""
     from sonogate.calibration.fit import default_aggregation
 
     base = default_aggregation(table)
@@ -127,7 +129,7 @@ def _aggregation(args, table) -> AggregationRule:
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -135,8 +137,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_table(args):
-    """(table, provenance, bundle or None) from --predictions or --bundle/--data."""
+def predictions_table(args):
+    """(table, provenance) of --predictions; DataError when --bundle comes without --data (the bundle path is
+    the runtime's: ``sonogate.runtime.calibrate_cli``)."""
     from sonogate.calibration.fit import read_predictions_csv
 
     if args.predictions:
@@ -144,26 +147,12 @@ def _load_table(args):
             raise SonogateError("--data goes with --bundle, not with --predictions")
         path = Path(args.predictions)
         table = read_predictions_csv(path)
-        return table, {"source": "predictions_csv", "path": str(path), "sha256": _sha256(path)}, None
-    if not args.data:
-        raise DataError("--bundle needs --data DIR (a labelled image folder)")
-    from sonogate.core.bundle import load_bundle
-
-    bundle = load_bundle(args.bundle)  # verifies every file: never calibrate a tampered bundle
-    from sonogate.runtime.predict import predict_folder
-
-    table = predict_folder(args.bundle, args.data, device=args.device, progress=True)
-    return table, {"source": "image_folder", "path": str(args.data), "bundle": str(args.bundle)}, bundle
+        return table, {"source": "predictions_csv", "path": str(path), "sha256": file_sha256(path)}
+    raise DataError("--bundle needs --data DIR (a labelled image folder)")
 
 
-def cmd_calibrate(args) -> int:
-    from sonogate.calibration.xr import cmd_calibrate_xr, is_xr_request
-
-    if is_xr_request(args):
-        return cmd_calibrate_xr(args)
-    from sonogate.calibration.fit import fit_calibration, requirement_text
-    from sonogate.calibration.rules import describe_rule
-
+def fit_options(args) -> dict[str, Any]:
+    """delta and PAC gamma of the calibrate arguments as fractions (CalibrationError when they are not)."""
     try:
         delta = as_fraction(args.delta, "--delta")
         gamma = None if args.pac_gamma is None else as_fraction(args.pac_gamma, "--pac-gamma")
@@ -171,55 +160,80 @@ def cmd_calibrate(args) -> int:
         raise CalibrationError(str(exc)) from None
     if args.predictions and not args.out:
         raise SonogateError("--out FILE.json is required with --predictions")
-    thresholds = _thresholds(args.threshold)
-    table, provenance, bundle = _load_table(args)
-    cal = fit_calibration(
-        table,
-        delta=delta,
-        rule=args.rule,
-        mode=args.mode,
-        affine=not args.no_affine,
-        aggregation=_aggregation(args, table),
-        pac_gamma=gamma,
-        seed=args.seed,
-        affine_fraction=args.affine_fraction,
-        bundle_sha256=bundle.bundle_hash if bundle is not None else None,
-        data=provenance,
-        thresholds=thresholds,
-        guarantee=args.guarantee,
-    )
-    out = Path(args.out) if args.out else bundle.calibration_path
-    save_calibration(cal, out)
+    return {"delta": delta, "pac_gamma": gamma, "thresholds": parse_thresholds(args.threshold)}
 
-    d = cal.data
-    print(
-        f"calibrated rule '{cal.rule}' ({describe_rule(cal.rule, cal.thresholds)}), mode {cal.mode}, "
-        f"delta {cal.delta:g}, guarantee {args.guarantee}"
-    )
-    print(
-        f"  {d['n_groups_usable']}/{d['n_groups']} groups usable ({d['n_rows']} rows); split by {d['split_by']}: "
-        f"{d['n_groups_affine']} affine, {d['n_groups_calibration']} calibration"
-        + (f"; {d['n_groups_dropped']} dropped (too few good frames)" if d["n_groups_dropped"] else "")
-    )
-    for name, mc in cal.measurements.items():
-        radius = "infinite" if mc.radius is None else f"{mc.radius:.2f}"
+
+def calibrate_table(args, kind: str, options: dict[str, Any], table, provenance: dict, bundle_sha256, out) -> int:
+    """Fit, write and print a calibration of ``table`` (a PredictionTable).
+
+    Inputs: the calibrate arguments, ``kind`` (CALIBRATION_KINDS), ``options`` from ``fit_options``, the table
+    and its provenance, the bundle hash to bind to (None for a CSV) and the output path.
+    """
+    if kind == "per_image":
+        from sonogate.calibration.xr import fit_xr_calibration, requirement_lines
+
+        cal = fit_xr_calibration(
+            table, delta=options["delta"], mode=args.mode, affine=not args.no_affine, pac_gamma=options["pac_gamma"],
+            seed=args.seed, affine_fraction=args.affine_fraction, bundle_sha256=bundle_sha256, data=provenance,
+            thresholds=options["thresholds"], guarantee=args.guarantee,
+        )  # fmt: skip
+        save_calibration(cal, out)
+        d = cal.data
         print(
-            f"  {name:<14} {mc.side:<5} a={mc.a:.3f} b={mc.b:+.2f}  radius {radius:>8}  n={mc.n} k={mc.k} "
-            f"(delta {mc.delta:g})"
+            f"calibrated X-ray bounds per radiograph (max over both hips), mode {cal.mode}, delta {cal.delta:g}, "
+            f"guarantee {args.guarantee}"
         )
-    if cal.joint:
         print(
-            f"  joint max-score: t={cal.joint['t'] if cal.joint['t'] is None else round(cal.joint['t'], 4)} "
-            f"scales " + ", ".join(f"{k}={v:.2f}" for k, v in cal.joint["scales"].items())
+            f"  {d['n_radiographs']} radiographs of {d['n_patients']} patients; split by {d['split_by']}: "
+            f"{d['n_radiographs_affine']} affine, {d['n_radiographs_calibration']} calibration"
         )
+        _print_measurements(cal, width=8)
+        requirements = requirement_lines(cal)
+    else:
+        from sonogate.calibration.fit import fit_calibration, requirement_text
+        from sonogate.calibration.rules import describe_rule
+
+        cal = fit_calibration(
+            table, delta=options["delta"], rule=args.rule, mode=args.mode, affine=not args.no_affine,
+            aggregation=aggregation_from_args(args, table), pac_gamma=options["pac_gamma"], seed=args.seed,
+            affine_fraction=args.affine_fraction, bundle_sha256=bundle_sha256, data=provenance,
+            thresholds=options["thresholds"], guarantee=args.guarantee,
+        )  # fmt: skip
+        save_calibration(cal, out)
+        d = cal.data
+        print(
+            f"calibrated rule '{cal.rule}' ({describe_rule(cal.rule, cal.thresholds)}), mode {cal.mode}, "
+            f"delta {cal.delta:g}, guarantee {args.guarantee}"
+        )
+        print(
+            f"  {d['n_groups_usable']}/{d['n_groups']} groups usable ({d['n_rows']} rows); split by {d['split_by']}: "
+            f"{d['n_groups_affine']} affine, {d['n_groups_calibration']} calibration"
+            + (f"; {d['n_groups_dropped']} dropped (too few good frames)" if d["n_groups_dropped"] else "")
+        )
+        _print_measurements(cal, width=14)
+        if cal.joint:
+            print(
+                f"  joint max-score: t={cal.joint['t'] if cal.joint['t'] is None else round(cal.joint['t'], 4)} "
+                f"scales " + ", ".join(f"{k}={v:.2f}" for k, v in cal.joint["scales"].items())
+            )
+        requirements = requirement_text(cal)
     print(f"  guarantee: {cal.guarantee['statement']}")
-    for line in requirement_text(cal):
+    for line in requirements:
         print(f"  {line}")
     print(f"wrote {out}" + (f" (bound to bundle {cal.bundle_sha256[:12]})" if cal.bundle_sha256 else ""))
     return 0
 
 
-def _float_list(text: str, flag: str) -> list[float]:
+def _print_measurements(cal, width: int) -> None:
+    for name, mc in cal.measurements.items():
+        radius = "infinite" if mc.radius is None else f"{mc.radius:.2f}"
+        print(
+            f"  {name:<{width}} {mc.side:<5} a={mc.a:.3f} b={mc.b:+.2f}  radius {radius:>8}  n={mc.n} k={mc.k} "
+            f"(delta {mc.delta:g})"
+        )
+
+
+def float_list(text: str, flag: str) -> list[float]:
     try:
         values = [float(as_fraction(x.strip())) for x in text.split(",") if x.strip()]
     except (TypeError, ValueError):
@@ -229,11 +243,10 @@ def _float_list(text: str, flag: str) -> list[float]:
     return values
 
 
-def cmd_policy_report(args) -> int:
-    from sonogate.calibration.report import policy_report
-
-    deltas = _float_list(args.deltas, "--deltas")
-    targets = _float_list(args.targets, "--targets")
+def check_policy_report_args(args) -> dict[str, Any]:
+    """The policy-report options parsed and checked (deltas, targets, rules, thresholds)."""
+    deltas = float_list(args.deltas, "--deltas")
+    targets = float_list(args.targets, "--targets")
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     unknown = [r for r in rules if r not in RULES]
     if unknown or not rules:
@@ -242,21 +255,26 @@ def cmd_policy_report(args) -> int:
         raise SonogateError("--splits must be >= 1")
     if not 0 < args.eval_fraction < 1 or not 0 < args.affine_fraction < 1:
         raise SonogateError("--eval-fraction and --affine-fraction must be in (0, 1)")
-    thresholds = _thresholds(args.threshold)
-    table, provenance, _ = _load_table(args)
+    return {"deltas": deltas, "targets": targets, "rules": rules, "thresholds": parse_thresholds(args.threshold)}
+
+
+def policy_report_table(args, options: dict[str, Any], table, provenance: dict) -> int:
+    """Write and summarise the policy report of ``table`` (options from ``check_policy_report_args``)."""
+    from sonogate.calibration.report import policy_report
+
     try:
         report = policy_report(
             table,
             args.out,
-            deltas=deltas,
+            deltas=options["deltas"],
             seed=args.seed,
             n_splits=args.splits,
             eval_fraction=args.eval_fraction,
             affine_fraction=args.affine_fraction,
-            rules=rules,
-            thresholds=thresholds,
-            aggregation=_aggregation(args, table),
-            targets=targets,
+            rules=options["rules"],
+            thresholds=options["thresholds"],
+            aggregation=aggregation_from_args(args, table),
+            targets=options["targets"],
             plots=not args.no_plots,
             source=provenance["path"],
         )

@@ -320,11 +320,16 @@ def _mode_deltas(names: Sequence[str], rule_names: Sequence[str], delta: Fractio
 
 
 def estimate_scales(
-    names: Sequence[str], fit_pred: np.ndarray, fit_true: np.ndarray, affine_ab: Mapping[str, tuple[float, float]]
+    names: Sequence[str],
+    fit_pred: np.ndarray,
+    fit_true: np.ndarray,
+    affine_ab: Mapping[str, tuple[float, float]],
+    source: str = "affine split mean |residual|",
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Max-score scales from the affine split: mean |truth - corrected|, falling back to PRIOR_SCALES.
 
-    Output: (scale per name, source per name).
+    Inputs: names, (n_fit, m) predictions and truths of the affine split, (a, b) per name, and the words that
+    record where an estimated scale came from. Output: (scale per name, source per name).
     """
     scales, sources = {}, {}
     for j, name in enumerate(names):
@@ -333,10 +338,177 @@ def estimate_scales(
         resid = resid[np.isfinite(resid)]
         value = float(np.mean(np.abs(resid))) if resid.size >= 2 else math.nan
         if math.isfinite(value) and value > 1e-9:
-            scales[name], sources[name] = value, "affine split mean |residual|"
+            scales[name], sources[name] = value, source
         else:
             scales[name], sources[name] = PRIOR_SCALES.get(name, 1.0), "prior (seed paper MAE)"
     return scales, sources
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The options every calibration fit takes (``fit_calibration``, ``sonogate.calibration.xr``).
+
+    ``delta`` the guaranteed false-reassurance probability; ``mode`` joint | separate | bonferroni; ``affine``
+    fit y ~ a*yhat + b on ``affine_fraction`` of the subjects (``seed`` picks them); ``pac_gamma`` for a
+    training-conditional radius; ``bundle_sha256`` and ``data`` provenance; ``thresholds`` override the
+    defaults; ``guarantee`` "marginal" or "abnormal"; ``scales`` fixed max-score scales.
+    """
+
+    delta: Any = 0.1
+    mode: str = "joint"
+    affine: bool = True
+    pac_gamma: Any = None
+    seed: int = 0
+    affine_fraction: float = 0.5
+    bundle_sha256: str | None = None
+    data: dict | None = None
+    thresholds: Mapping[str, float] | None = None
+    guarantee: str = "marginal"
+    scales: Mapping[str, float] | None = None
+
+    def checked(self) -> tuple[Fraction, Any]:
+        """(delta, PAC gamma or None) as fractions; CalibrationError names a bad option."""
+        return check_fit_options(self.delta, self.pac_gamma, self.mode, self.guarantee, self.affine_fraction)
+
+    def calibration_file(
+        self, *, task: str, rule: str, thresholds: dict[str, float], measurements: dict[str, MeasurementCalibration],
+        aggregation: dict[str, Any], joint: dict[str, Any] | None, provenance: dict[str, Any], statement: str,
+        conditional_on: str, unit: str, min_n_for_finite: int,
+    ) -> CalibrationFile:
+        """The CalibrationFile of a fit made with these options (guarantee block, provenance, time, version)."""
+        from sonogate import __version__
+
+        gamma = None if self.pac_gamma is None else float(as_fraction(self.pac_gamma, "gamma"))
+        return CalibrationFile(
+            delta=float(as_fraction(self.delta)),
+            rule=rule,
+            mode=self.mode,
+            thresholds=thresholds,
+            measurements=measurements,
+            bundle_sha256=self.bundle_sha256,
+            task=task,
+            aggregation=aggregation,
+            joint=joint,
+            data=provenance,
+            guarantee={
+                "statement": statement,
+                "conditional_on": conditional_on,
+                "kind": self.guarantee,
+                "pac_gamma": gamma,
+                "unit": unit,
+                "infinite": [n for n, m in measurements.items() if m.radius is None],
+                "min_n_for_finite": min_n_for_finite,
+            },
+            created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            sonogate_version=__version__,
+        )  # fmt: skip
+
+    def split_provenance(self, table: PredictionTable) -> dict[str, Any]:
+        """What calibration.json's ``data`` block records of the split."""
+        return {
+            "split_by": "subject" if table.subjects is not None else "group",
+            "seed": int(self.seed),
+            "affine": bool(self.affine),
+            "affine_fraction": float(self.affine_fraction) if self.affine else 0.0,
+        }
+
+
+def require_truths(table: PredictionTable, names: Sequence[str]) -> None:
+    """DataError when a column of ``names`` is missing or has no finite truth at all."""
+    for name in names:
+        j = table.index(name)  # DataError when the column is missing
+        if not np.any(np.isfinite(table.true[:, j])):
+            raise DataError(f"the calibration data has no true values for {name}: calibration needs labelled hips")
+
+
+def check_fit_options(delta, pac_gamma, mode: str, guarantee: str, affine_fraction: float) -> tuple[Fraction, Any]:
+    """Validated (delta, PAC gamma or None) as fractions; CalibrationError names the bad option."""
+    try:
+        delta_f = as_fraction(delta)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"bad delta: {exc}") from None
+    try:
+        gamma_f = None if pac_gamma is None else as_fraction(pac_gamma, "gamma")
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"bad PAC gamma: {exc}") from None
+    if mode not in MODES:
+        raise CalibrationError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if guarantee not in GUARANTEES:
+        raise CalibrationError(f"unknown guarantee {guarantee!r} (choose from {', '.join(GUARANTEES)})")
+    if not 0 < affine_fraction < 1:
+        raise CalibrationError(f"affine_fraction must be in (0, 1), got {affine_fraction}")
+    return delta_f, gamma_f
+
+
+def affine_split(
+    keys: np.ndarray, affine: bool, affine_fraction: float, seed: int, unit: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(affine mask, conformal mask) over calibration units split by ``keys`` (their subject); without
+    ``affine`` every unit calibrates. CalibrationError when either part would be empty (``unit`` names what
+    is counted in the message, e.g. "subjects")."""
+    if not affine:
+        return np.zeros(len(keys), dtype=bool), np.ones(len(keys), dtype=bool)
+    fit_mask, cal_mask = group_split(keys, [affine_fraction, 1 - affine_fraction], seed)
+    if not fit_mask.any() or not cal_mask.any():
+        raise CalibrationError(
+            f"the affine/conformal split needs at least 2 {unit} (have {len(np.unique(keys))}); use --no-affine"
+        )
+    return fit_mask, cal_mask
+
+
+def one_sided_calibration(
+    scores: np.ndarray, side: str, ab: tuple[float, float], delta, gamma
+) -> MeasurementCalibration:
+    """One measurement calibrated on its own: the radius at ``delta`` of its finite one-sided ``scores``."""
+    s = scores[np.isfinite(scores)]
+    radius, k = one_sided_radius(s, delta, gamma)
+    return MeasurementCalibration(
+        side=side, a=float(ab[0]), b=float(ab[1]), radius=radius, n=int(s.size), k=int(k), delta=float(delta)
+    )
+
+
+def max_score_calibration(
+    scores: np.ndarray,
+    names: Sequence[str],
+    sides: Mapping[str, str],
+    affine_ab: Mapping[str, tuple[float, float]],
+    scales: Mapping[str, float],
+    sources: Mapping[str, str],
+    delta,
+    gamma,
+    method: str = "max_scaled_score",
+) -> tuple[dict[str, MeasurementCalibration], dict[str, Any]]:
+    """Joint calibration of ``names`` by the max of their scaled scores.
+
+    Inputs: ``scores`` (n, len(names)) one-sided scores (rows with a non-finite score are left out), each
+    name's bound side, (a, b) and fixed scale (and its source), delta and PAC gamma. Output: (calibration per
+    name with radius ``t * scale``, the joint provenance block of calibration.json).
+    """
+    s = scores[np.all(np.isfinite(scores), axis=1)]
+    t, k = max_score_radius(s, np.array([scales[n] for n in names]), delta, gamma)
+    out = {
+        name: MeasurementCalibration(
+            side=sides[name],
+            a=float(affine_ab[name][0]),
+            b=float(affine_ab[name][1]),
+            radius=None if t is None else float(t * scales[name]),
+            n=len(s),
+            k=int(k),
+            delta=float(delta),
+        )
+        for name in names
+    }
+    joint_info = {
+        "method": method,
+        "measurements": list(names),
+        "scales": {n: scales[n] for n in names},
+        "scale_source": {n: sources[n] for n in names},
+        "t": t,
+        "n": len(s),
+        "k": int(k),
+        "delta": float(delta),
+    }
+    return out, joint_info
 
 
 def calibrate_units(
@@ -401,20 +573,8 @@ def calibrate_units(
     # (no divide/multiply by the scale, so the radius is bit-identical to the k-th score).
     joint_names = rule_names if mode == "joint" and len(rule_names) > 1 else []
     for j, name in enumerate(names):
-        if name in joint_names:
-            continue
-        s = scores[:, j]
-        s = s[np.isfinite(s)]
-        radius, k = one_sided_radius(s, deltas[name], gamma_f)
-        out[name] = MeasurementCalibration(
-            side=side_of(name),
-            a=float(a[j]),
-            b=float(b[j]),
-            radius=radius,
-            n=int(s.size),
-            k=int(k),
-            delta=float(deltas[name]),
-        )
+        if name not in joint_names:
+            out[name] = one_sided_calibration(scores[:, j], side_of(name), affine_ab[name], deltas[name], gamma_f)
     if joint_names:
         if scales is None:
             if affine and len(fit_pred):
@@ -426,30 +586,11 @@ def calibrate_units(
             scale_map = {n: float(scales.get(n, PRIOR_SCALES.get(n, 1.0))) for n in names}
             sources = {n: "given" for n in names}
         idx = [names.index(n) for n in joint_names]
-        s = scores[:, idx]
-        s = s[np.all(np.isfinite(s), axis=1)]
-        sc = np.array([scale_map[n] for n in joint_names])
-        t, k = max_score_radius(s, sc, delta_f, gamma_f)
-        for jj, name in zip(idx, joint_names):
-            out[name] = MeasurementCalibration(
-                side=side_of(name),
-                a=float(a[jj]),
-                b=float(b[jj]),
-                radius=None if t is None else float(t * scale_map[name]),
-                n=len(s),
-                k=int(k),
-                delta=float(delta_f),
-            )
-        joint_info = {
-            "method": "max_scaled_score",
-            "measurements": list(joint_names),
-            "scales": {n: scale_map[n] for n in joint_names},
-            "scale_source": {n: sources[n] for n in joint_names},
-            "t": t,
-            "n": len(s),
-            "k": int(k),
-            "delta": float(delta_f),
-        }
+        joint, joint_info = max_score_calibration(
+            scores[:, idx], joint_names, {n: side_of(n) for n in joint_names}, affine_ab, scale_map, sources,
+            delta_f, gamma_f,
+        )  # fmt: skip
+        out.update(joint)
     out = {n: out[n] for n in names}
     info = {"n_fit": len(fit_pred) if affine else 0, "n_cal": len(cal_pred), "n_scores": len(scores)}
     return out, joint_info, info
@@ -498,25 +639,12 @@ def fit_calibration(
     ``guarantee`` "marginal" or "abnormal"; ``scales`` fixed max-score scales. Output: CalibrationFile (radius
     None where k > n). Raises CalibrationError / DataError on bad input.
     """
-    try:
-        delta_f = as_fraction(delta)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationError(f"bad delta: {exc}") from None
-    if pac_gamma is not None:
-        try:
-            as_fraction(pac_gamma, "gamma")
-        except (TypeError, ValueError) as exc:
-            raise CalibrationError(f"bad PAC gamma: {exc}") from None
+    opts = FitOptions(delta, mode, affine, pac_gamma, seed, affine_fraction, bundle_sha256, data, thresholds,
+                      guarantee, scales)  # fmt: skip
+    delta_f, _ = opts.checked()
     if rule not in RULES:
         raise CalibrationError(f"unknown rule {rule!r} (choose from {', '.join(RULES)})")
-    if mode not in MODES:
-        raise CalibrationError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
-    if not 0 < affine_fraction < 1:
-        raise CalibrationError(f"affine_fraction must be in (0, 1), got {affine_fraction}")
-    for name in rule_measurements(rule):
-        j = table.index(name)  # DataError when the rule's columns are missing
-        if not np.any(np.isfinite(table.true[:, j])):
-            raise DataError(f"the calibration data has no true values for {name}: calibration needs labelled hips")
+    require_truths(table, rule_measurements(rule))
     agg_rule = aggregation if aggregation is not None else default_aggregation(table)
     sweeps, agg_info = aggregate_table(table, agg_rule)
     if len(sweeps) == 0:
@@ -525,16 +653,7 @@ def fit_calibration(
             "calibrate on"
         )
     split_by = "subject" if table.subjects is not None else "group"
-    if affine:
-        fit_mask, cal_mask = group_split(sweeps.subjects, [affine_fraction, 1 - affine_fraction], seed)
-        if not fit_mask.any() or not cal_mask.any():
-            raise CalibrationError(
-                f"the affine/conformal split needs at least 2 {split_by}s (have {len(np.unique(sweeps.subjects))});"
-                " use --no-affine"
-            )
-    else:
-        fit_mask = np.zeros(len(sweeps), dtype=bool)
-        cal_mask = np.ones(len(sweeps), dtype=bool)
+    fit_mask, cal_mask = affine_split(sweeps.subjects, affine, affine_fraction, seed, f"{split_by}s")
     measurements, joint, info = calibrate_units(
         sweeps.names,
         sweeps.pred[fit_mask],
@@ -557,39 +676,24 @@ def fit_calibration(
     provenance.update(agg_info)
     provenance.update(
         {
-            "split_by": split_by,
-            "seed": int(seed),
-            "affine": bool(affine),
-            "affine_fraction": float(affine_fraction) if affine else 0.0,
+            **opts.split_provenance(table),
             "n_groups_affine": int(fit_mask.sum()),
             "n_groups_calibration": int(cal_mask.sum()),
             "n_calibration_scores": info["n_scores"],
         }
     )
-    infinite = [n for n, mc in measurements.items() if mc.radius is None]
-    from sonogate import __version__
-
-    return CalibrationFile(
-        delta=float(delta_f),
+    return opts.calibration_file(
+        task="hip_us",
         rule=rule,
-        mode=mode,
         thresholds=merged_thresholds,
         measurements=measurements,
-        bundle_sha256=bundle_sha256,
         aggregation=agg_rule.to_json(),
         joint=joint,
-        data=provenance,
-        guarantee={
-            "statement": guarantee_text(rule, mode, float(delta_f), guarantee, pac_gamma),
-            "conditional_on": "truly abnormal hips" if guarantee == "abnormal" else "all hips",
-            "kind": guarantee,
-            "pac_gamma": None if pac_gamma is None else float(pac_gamma),
-            "unit": agg_rule.unit,
-            "infinite": infinite,
-            "min_n_for_finite": min_calibration_size(delta_f),
-        },
-        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        sonogate_version=__version__,
+        provenance=provenance,
+        statement=guarantee_text(rule, mode, float(delta_f), guarantee, pac_gamma),
+        conditional_on="truly abnormal hips" if guarantee == "abnormal" else "all hips",
+        unit=agg_rule.unit,
+        min_n_for_finite=min_calibration_size(delta_f),
     )
 
 

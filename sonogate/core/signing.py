@@ -22,8 +22,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from sonogate.errors import BundleError
 from sonogate.core.bundle import MANIFEST, Bundle, load_bundle
+from sonogate.errors import BundleError
 
 SIGNATURE = "manifest.sig"
 PRIVATE_KEY_NAME = "sonogate_signing_key.pem"

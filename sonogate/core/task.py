@@ -110,8 +110,9 @@ class CalibrationSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task, declared. ``model_type`` names the runtime wrapper that ``create_model`` builds for its bundles;
-    ``analyze_columns`` are the columns ``sonogate analyze`` writes per row after ``input``."""
+    """A task, declared. ``model_type`` names the runtime wrapper that ``create_model`` builds for its bundles
+    (``parts["model_wrapper"]`` "module:Class" when the task brings its own); ``analyze_columns`` are the columns
+    ``sonogate analyze`` writes per row after ``input``."""
 
     id: str
     version: int
@@ -125,6 +126,10 @@ class TaskSpec:
     calibration: CalibrationSpec | None = None
     analyze_columns: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # Task-only code the stages use, by role ("trainer", "exporter", "demo"; "model_wrapper": the runtime's
+    # sonogate.runtime.model_api.Model class for model_type, absent: the generic wrapper registered for it) ->
+    # "package.module:attribute"; resolved with importlib by ``part(role)``, so no stage imports a task package.
+    parts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.id or not self.id.replace("_", "").isalnum():
@@ -165,9 +170,24 @@ class TaskSpec:
                 return spec
         raise TaskSpecError(f"task {self.id} has no measurement {name!r}")
 
+    def part(self, role: str) -> Any:
+        """The object the spec names for ``role`` in ``parts`` (imported now); TaskSpecError when there is none."""
+        import importlib
+
+        target = self.parts.get(role)
+        if not target or ":" not in target:
+            raise TaskSpecError(f"task {self.id} has no {role} (known: {', '.join(sorted(self.parts)) or 'none'})")
+        module, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
     def to_manifest(self) -> dict[str, Any]:
-        """The spec as a v2 manifest carries it (JSON-ready: tuples become lists, infinities become None)."""
-        return _jsonable(asdict(self))
+        """The spec as a v2 manifest carries it (JSON-ready: tuples become lists, infinities become None).
+
+        ``parts`` is left out: it says where this installation keeps the task's code, not what the task is, so
+        moving a module changes neither the manifest nor ``spec_sha256``."""
+        described = asdict(self)
+        described.pop("parts")
+        return _jsonable(described)
 
     @property
     def spec_sha256(self) -> str:

@@ -1,4 +1,9 @@
-"""Compute devices: one ``infer(batch) -> {output name: array}`` over ONNX Runtime and OpenVINO, torch-free.
+"""Compute devices: one ``infer(feeds) -> {output name: array}`` over ONNX Runtime and OpenVINO, torch-free.
+
+A model may have any number of named inputs (two radiographs, two point clouds...). ``infer`` takes ``feeds``, a
+dict input name -> array; a bare array is accepted for a one-input model. Every backend exposes ``input_names``,
+``input_shapes`` (static shape with the batch set to 1, or None when another dimension is dynamic),
+``input_dtypes`` and ``output_names``; ``input_name`` / ``input_shape`` / ``input_dtype`` are the first input's.
 
 =================  ==========================================================================
 ``auto``           OpenVINO CPU when installed (reads .onnx and .xml IR), else ONNX Runtime CPU
@@ -23,6 +28,7 @@ ones. An exception inside ``infer`` is re-raised as ``RuntimeError`` naming the 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -49,13 +55,38 @@ _NP_DTYPES = {
 }
 
 
+Feeds = Mapping[str, np.ndarray]
+
+
 @runtime_checkable
 class InferenceBackend(Protocol):
     name: str  # e.g. "onnxruntime:CPUExecutionProvider" or "openvino:CPU"
-    input_name: str
+    input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+    def infer(self, feeds: Feeds | np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def as_feeds(feeds: Feeds | np.ndarray, input_names: tuple[str, ...], backend_name: str) -> dict[str, np.ndarray]:
+    """``feeds`` as a dict covering exactly ``input_names``: a bare array is the one input of a one-input model.
+
+    Raises RuntimeError (naming the backend, like any inference failure) for a bare array given to a model with
+    several inputs, a missing input or an input the model does not have.
+    """
+    if isinstance(feeds, Mapping):
+        given = set(feeds)
+        missing = [n for n in input_names if n not in given]
+        unknown = sorted(given - set(input_names))
+        if missing or unknown:
+            parts = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
+                [f"unknown input(s) {', '.join(unknown)}"] if unknown else [])
+            raise RuntimeError(f"{backend_name}: inference failed: {'; '.join(parts)} "
+                               f"(the model takes {', '.join(input_names)})")
+        return dict(feeds)
+    if len(input_names) != 1:
+        raise RuntimeError(f"{backend_name}: inference failed: the model takes {len(input_names)} named inputs "
+                           f"({', '.join(input_names)}); pass a dict name -> array")
+    return {input_names[0]: feeds}
 
 
 # --------------------------------------------------------------------------- what is installed
@@ -156,18 +187,22 @@ class OrtBackend:
                 f"load {provider} (it fell back to {', '.join(active) or 'nothing'})"
             )
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise SonogateError(f"model {model_path.name} has {len(inputs)} inputs; sonogate expects one image input")
         self.name = f"onnxruntime:{provider}"
-        self.input_name = inputs[0].name
-        self.input_shape = _static_shape(list(inputs[0].shape))
-        self.input_dtype = np.dtype(_NP_DTYPES.get(inputs[0].type, np.float32))
+        self.input_names = tuple(i.name for i in inputs)
+        self.input_shapes = tuple(_static_shape(list(i.shape)) for i in inputs)
+        self.input_dtypes = tuple(np.dtype(_NP_DTYPES.get(i.type, np.float32)) for i in inputs)
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self._output_list = list(self.output_names)
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    input_name = property(lambda self: self.input_names[0])
+    input_shape = property(lambda self: self.input_shapes[0])
+    input_dtype = property(lambda self: self.input_dtypes[0])
+
+    def infer(self, feeds: Feeds | np.ndarray) -> dict[str, np.ndarray]:
+        """{output name: array} for ``feeds`` (input name -> array; a bare array for a one-input model)."""
+        named = as_feeds(feeds, self.input_names, self.name)
         try:
-            values = self.session.run(self._output_list, {self.input_name: batch})
+            values = self.session.run(self._output_list, named)
         except Exception as exc:
             raise RuntimeError(f"{self.name}: inference failed: {_one_line(exc)}") from exc
         return dict(zip(self.output_names, values))
@@ -193,10 +228,6 @@ class OpenVINOBackend:
     def __init__(self, model_path: Path, device: str, threads: int, precision: str | None) -> None:
         core = _ov_core()
         model = core.read_model(str(model_path))
-        if len(model.inputs) != 1:
-            raise SonogateError(
-                f"model {model_path.name} has {len(model.inputs)} inputs; sonogate expects one image input"
-            )
         cpu_config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
         if precision:
             cpu_config["INFERENCE_PRECISION_HINT"] = precision
@@ -217,40 +248,65 @@ class OpenVINOBackend:
                 chosen = []
             if chosen:
                 self.name += "(" + ",".join(chosen) + ")"
-        port = self.compiled.inputs[0]
-        self.input_name = port.get_any_name()
-        pshape = port.get_partial_shape()
-        self._input_text = str(pshape)
-        if pshape.rank.is_static:
-            self._input_dims: list[int | None] | None = [d.get_length() if d.is_static else None for d in pshape]
-            self.input_shape = _static_shape([-1 if d is None else d for d in self._input_dims])
-        else:
-            self._input_dims, self.input_shape = None, None
-        self.input_dtype = np.dtype(port.get_element_type().to_dtype())
+        # inputs by the names of the model as read (an ONNX graph input's name), fed by port index
+        self.input_names = tuple(_input_name(port) for port in model.inputs)
+        self._input_index = {name: i for i, name in enumerate(self.input_names)}
+        self._input_dims: list[list[int | None] | None] = []
+        self._input_text: list[str] = []
+        shapes, dtypes = [], []
+        for port in self.compiled.inputs:
+            pshape = port.get_partial_shape()
+            self._input_text.append(str(pshape))
+            if pshape.rank.is_static:
+                dims = [d.get_length() if d.is_static else None for d in pshape]
+                self._input_dims.append(dims)
+                shapes.append(_static_shape([-1 if d is None else d for d in dims]))
+            else:
+                self._input_dims.append(None)
+                shapes.append(None)
+            dtypes.append(np.dtype(port.get_element_type().to_dtype()))
+        self.input_shapes, self.input_dtypes = tuple(shapes), tuple(dtypes)
         # names from the model as read, not as compiled: compilation folds no-op ops and can leave an output
         # known only by an internal tensor name ('/Mul_output_0'), which would break outputs["measurements"]
         self.output_names = tuple(_output_name(o) for o in model.outputs)
 
-    def _check_shape(self, shape: tuple[int, ...]) -> None:
+    input_name = property(lambda self: self.input_names[0])
+    input_shape = property(lambda self: self.input_shapes[0])
+    input_dtype = property(lambda self: self.input_dtypes[0])
+
+    def _check_shape(self, index: int, shape: tuple[int, ...]) -> None:
         # OpenVINO CPU with INFERENCE_NUM_THREADS set (2026.x) returns empty outputs for a mismatching input
         # shape instead of raising: check here so a wrong tensor is an error, never silently "no result".
-        dims = self._input_dims
+        dims = self._input_dims[index]
         if dims is None:
             return
         if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+            where = f" {self.input_names[index]}" if len(self.input_names) > 1 else ""
             raise RuntimeError(
-                f"{self.name}: inference failed: input shape {tuple(shape)} does not match "
-                f"the model input {self._input_text}"
+                f"{self.name}: inference failed: input{where} shape {tuple(shape)} does not match "
+                f"the model input {self._input_text[index]}"
             )
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self._check_shape(np.shape(batch))
+    def infer(self, feeds: Feeds | np.ndarray) -> dict[str, np.ndarray]:
+        """{output name: array} for ``feeds`` (input name -> array; a bare array for a one-input model)."""
+        named = as_feeds(feeds, self.input_names, self.name)
+        by_index = {}
+        for name, value in named.items():
+            index = self._input_index[name]
+            self._check_shape(index, np.shape(value))
+            by_index[index] = value
         try:
-            self.request.infer({0: batch})
+            self.request.infer(by_index)
             # Output tensors are reused by the next inference: hand out copies.
             return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
         except Exception as exc:
             raise RuntimeError(f"{self.name}: inference failed: {_one_line(exc)}") from exc
+
+
+def _input_name(port) -> str:
+    """The graph-input name of an OpenVINO port: the shortest of its names without '/' (ONNX input names)."""
+    plain = sorted((n for n in port.get_names() if "/" not in n), key=len)
+    return plain[0] if plain else port.get_any_name()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -273,15 +329,16 @@ def _build(model_path: Path, device: str, threads: int, precision: str | None) -
 
 
 def warm_up(backend: Any, runs: int) -> float | None:
-    """Run ``runs`` inferences on zeros; return the last one's time in ms (None if the input shape is dynamic)."""
-    shape = getattr(backend, "input_shape", None)
-    if runs <= 0 or shape is None:
+    """Run ``runs`` inferences on zeros; return the last one's time in ms (None if any input shape is dynamic)."""
+    shapes = getattr(backend, "input_shapes", None)
+    if runs <= 0 or not shapes or any(shape is None for shape in shapes):
         return None
-    batch = np.zeros(shape, getattr(backend, "input_dtype", np.float32))
+    feeds = {name: np.zeros(shape, dtype)
+             for name, shape, dtype in zip(backend.input_names, shapes, backend.input_dtypes)}
     elapsed = 0.0
     for _ in range(runs):
         t0 = time.perf_counter()
-        backend.infer(batch)
+        backend.infer(feeds)
         elapsed = time.perf_counter() - t0
     return 1000.0 * elapsed
 

@@ -9,6 +9,8 @@ runtime install can still build the full command line. Import the submodules dir
 - ``heads``:    measurement MLP, plane-quality MLP, landmark heatmap head
 - ``geometry``: Graf alpha / beta / coverage from landmarks in torch (exportable: atan2 -> ONNX)
 - ``network``:  the fused inference network that is exported (image -> measurements, plane_logit, features)
-- ``train``:    the ``sonogate train`` pipeline (split by infant, pretrain, fit heads, evaluate, checkpoint)
-- ``cli``:      ``register(subparsers)`` adding ``train`` and ``export``
+- ``trainer``:  the generic trainer (device, SimSiam pretraining, the head-fitting loop, checkpoints); each task's
+               recipe on it is named by its spec (``parts["trainer"]``: ``sonogate/tasks/<id>/train.py``); the hip_us
+               network and Graf geometry stay here because the bench harness measures them by these names
+- ``cli``:      ``register(subparsers)`` adding ``train`` (``export`` is ``sonogate.export.cli``)
 """

@@ -9,8 +9,12 @@ Modules:
     xray      pelvic AP radiographs with AI, CE and IHDI grade per hip
     writer    labelled-folder datasets (images/ + labels.csv) read by ``sonogate.data.folder``
     realistic the opt-in "realistic" rendering style (layered soft tissue, thick bone echoes, finer speckle)
-    realism   image statistics and contact sheet against the real images in ../shared
+    hip_scene the geometry of one hip ultrasound frame (``HipScene``), shared by both styles
+    raster    drawing and correlated-noise helpers shared by the renderers
     cli       ``sonogate phantom us | cine | xr``
+
+How close the frames look to real scans is measured outside the package: ``benchmarks/phantom_realism.py``.
+The phantom imports no other stage (only ``sonogate.errors`` and ``sonogate.measurements``).
 
 Names are imported lazily so that ``import sonogate.phantom`` (and the CLI that registers it) stays cheap.
 """

@@ -5,6 +5,10 @@ preset panel (probe, frequency, gain, dynamic range), a depth ruler with the foc
 orientation marker and a label under the image. The runtime has to find the ultrasound region inside it,
 so the phantom returns the exact rectangle it pasted the image into.
 
+The depth ruler runs along the image's depth axis as displayed: beside the image (vertical) when the probe is at
+the top, under it (horizontal, zero at the probe's side) when the image is shown rotated as in Graf's display
+(``probe_side`` "left" or "right"); the text stays upright either way.
+
 The patient name is fake (drawn from a list of common given and family names) but looks like a real one,
 so de-identification and region-of-interest cropping can be tested on it.
 """
@@ -74,21 +78,30 @@ def make_chrome(
     depth_mm: float = 40.0,
     side: str = "R",
     device_label: str = "L12-5",
+    probe_side: str = "top",
 ) -> ScannerChrome:
     """Draw a random but plausible scanner screen around an image of ``image_shape`` (h, w).
 
     Inputs: ``rng``; ``screen_size`` (width, height) >= (320, 240); ``patient_name`` (default: a fake name);
-    ``depth_mm`` for the ruler; ``side`` "R"/"L" for the label. Output: ``ScannerChrome``.
-    Everything is drawn outside the image rectangle, so the pasted image is left exactly as given.
+    ``depth_mm`` for the ruler; ``side`` "R"/"L" for the label; ``probe_side`` where the probe (depth zero)
+    is in the displayed image: "top" (default; the ruler is a vertical column of ticks right of the image, as
+    ``sonogate.runtime.scale`` reads it), "left" or "right" (the image shown rotated, depth running
+    horizontally: the ruler lies under the image, counting from that side; the bottom margin grows to fit it).
+    Output: ``ScannerChrome``. Everything is drawn outside the image rectangle, so the pasted image is left
+    exactly as given; with ``probe_side="top"`` the screen is the same as before the option existed.
     """
     width, height = int(screen_size[0]), int(screen_size[1])
     if width < 320 or height < 240:
         raise SonogateError(f"screen size {width}x{height} too small for scanner chrome (min 320x240)")
+    if probe_side not in ("top", "left", "right"):
+        raise SonogateError(f"probe_side must be 'top', 'left' or 'right', got {probe_side!r}")
     img_h, img_w = int(image_shape[0]), int(image_shape[1])
     top = round(height * rng.uniform(0.08, 0.12))
     bottom = round(height * rng.uniform(0.08, 0.11))
     left = round(width * rng.uniform(0.15, 0.21))
     right = round(width * rng.uniform(0.11, 0.15))
+    if probe_side != "top":
+        bottom += round(18 * min(1.0, height / 480.0))  # room for a ruler under the image (no rng drawn)
     h = height - top - bottom
     w = round(h * img_w / img_h)
     if w > width - left - right:  # wide screens are height-limited, narrow ones width-limited
@@ -121,18 +134,43 @@ def make_chrome(
     mx, my = max(8, x - 12), y + 8
     cv2.circle(screen, (mx, my), 6, (200, 200, 200), 1, cv2.LINE_AA)
     _text(screen, "P", (mx - 4, my + 4), 0.35, (200, 200, 200))
-    # Depth ruler with cm ticks and the focus marker, just right of the image.
     rx = x + w + 6
-    cv2.line(screen, (rx, y), (rx, y + h - 1), (230, 230, 230), 1)
-    for tick in range(int(depth_mm // 5) + 1):
-        ty = y + round(tick * 5.0 / depth_mm * (h - 1))
-        length = 7 if tick % 2 == 0 else 4
-        cv2.line(screen, (rx, ty), (rx + length, ty), (230, 230, 230), 1)
-        if tick % 2 == 0 and tick > 0:
-            _text(screen, str(tick // 2), (rx + 10, ty + 4), 0.35 * scale, _DIM)
-    fy = y + round(rng.uniform(0.35, 0.6) * h)
-    cv2.fillPoly(screen, [np.array([[rx - 1, fy], [rx - 6, fy - 4], [rx - 6, fy + 4]], np.int32)], (200, 200, 200))
-    _text(screen, f"{depth_mm / 10:.1f}cm", (rx - 8, min(height - 4, y + h + line)), 0.42 * scale)
+    if probe_side == "top":
+        # Depth ruler with cm ticks and the focus marker, just right of the image.
+        cv2.line(screen, (rx, y), (rx, y + h - 1), (230, 230, 230), 1)
+        for tick in range(int(depth_mm // 5) + 1):
+            ty = y + round(tick * 5.0 / depth_mm * (h - 1))
+            length = 7 if tick % 2 == 0 else 4
+            cv2.line(screen, (rx, ty), (rx + length, ty), (230, 230, 230), 1)
+            if tick % 2 == 0 and tick > 0:
+                _text(screen, str(tick // 2), (rx + 10, ty + 4), 0.35 * scale, _DIM)
+        fy = y + round(rng.uniform(0.35, 0.6) * h)
+        cv2.fillPoly(screen, [np.array([[rx - 1, fy], [rx - 6, fy - 4], [rx - 6, fy + 4]], np.int32)],
+                     (200, 200, 200))
+        _text(screen, f"{depth_mm / 10:.1f}cm", (rx - 8, min(height - 4, y + h + line)), 0.42 * scale)
+        label_y = min(height - 6, y + h + line)
+    else:
+        # Depth runs horizontally: the ruler lies under the image, zero at the probe's side, ticks pointing down.
+        ry = y + h + 4
+        cv2.line(screen, (x, ry), (x + w - 1, ry), (230, 230, 230), 1)
+
+        def at_depth(share: float) -> int:
+            offset = round(share * (w - 1))
+            return x + offset if probe_side == "left" else x + w - 1 - offset
+
+        for tick in range(int(depth_mm // 5) + 1):
+            tx = at_depth(tick * 5.0 / depth_mm)
+            length = 7 if tick % 2 == 0 else 4
+            cv2.line(screen, (tx, ry), (tx, ry + length), (230, 230, 230), 1)
+            if tick % 2 == 0 and tick > 0:
+                _text(screen, str(tick // 2), (tx - 3, ry + 10 + round(8 * scale)), 0.35 * scale, _DIM)
+        fx = at_depth(rng.uniform(0.35, 0.6))
+        cv2.fillPoly(screen, [np.array([[fx, ry - 1], [fx - 4, ry - 4], [fx + 4, ry - 4]], np.int32)],
+                     (200, 200, 200))
+        depth_text = f"{depth_mm / 10:.1f}cm"
+        text_x = x + w + 4 if probe_side == "left" else max(0, x - round(44 * scale))
+        _text(screen, depth_text, (text_x, ry + 4), 0.42 * scale)
+        label_y = min(height - 6, ry + 12 + round(8 * scale) + line)
     # Grey bar (display map) at the far right.
     gx = min(width - 14, rx + 34)
     bar_h = max(40, h // 3)
@@ -141,7 +179,7 @@ def make_chrome(
     _text(screen, "M3", (gx - 4, y + 14), 0.35 * scale, _DIM)
     # Label under the image.
     label = f"{'Right' if side.upper().startswith('R') else 'Left'} Hip  Coronal"
-    _text(screen, label, (x + w // 6, min(height - 6, y + h + line)), 0.5 * scale)
+    _text(screen, label, (x + w // 6, label_y), 0.5 * scale)
     return ScannerChrome(screen_size=(width, height), roi=(x, y, w, h), background=screen,
                          clock_origin=clock_origin, start=start)
 

@@ -9,6 +9,10 @@ independent pictures.
 
 Without ``params`` the infant's first hip is normal (Graf I) and the second abnormal (alpha 40-52), so a
 demo shows both recommendations. With ``params`` the whole cine is that one hip.
+
+``orientation`` shows the cine in one display orientation ("horizontal", "graf", "graf_mirrored", see
+``sonogate.phantom.hip_us``), with the chrome's depth ruler along the displayed depth axis; without it the
+cine is as before (the device's convention, the ruler beside the image) and the labels have no orientation.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from sonogate.errors import SonogateError
 from sonogate.phantom.acoustics import internal_size, new_speckle_field
 from sonogate.phantom.chrome import make_chrome
 from sonogate.phantom.devices import get_device
-from sonogate.phantom.hip_us import HipParams, render_us_frame, sample_hip_params
+from sonogate.phantom.hip_us import PROBE_SIDE, HipParams, check_orientation, render_us_frame, sample_hip_params
 from sonogate.phantom.realistic import check_style
 
 CSV_COLUMNS = ("frame", "time_s", "patient_id", "side", "alpha_deg", "beta_deg", "coverage_pct", "hip_alpha_deg",
@@ -88,6 +92,7 @@ def sweep_frames(
     params: HipParams | None = None,
     screen_size: tuple[int, int] = (640, 480),
     style: str = "schematic",
+    orientation: str | None = None,
 ) -> Iterator[tuple[np.ndarray, dict]]:
     """Yield (frame, label) for a phantom cine of ``seconds`` at ``fps``.
 
@@ -97,7 +102,10 @@ def sweep_frames(
     standard_plane, defect, plane_offset, device, graf_type, roi_x, roi_y, roi_w, roi_h (the image inside the
     frame) and landmarks (name -> (x, y) in pixels of the frame).
     ``style``: ``"schematic"`` (default, unchanged) or ``"realistic"`` (see ``render_us_frame``); the labels
-    do not depend on it. The same arguments always give the same frames.
+    do not depend on it. ``orientation``: None (default: the device's convention, labels as before) or one of
+    ``hip_us.ORIENTATIONS`` (the same frames shown that way, an exact transform; the chrome's depth ruler runs
+    along the displayed depth axis, and the label gets ``orientation``). The same arguments always give the
+    same frames.
     """
     if not (seconds > 0 and math.isfinite(seconds)):
         raise SonogateError(f"cine length must be > 0 seconds, got {seconds}")
@@ -107,17 +115,18 @@ def sweep_frames(
         raise SonogateError(f"cine of {seconds} s at {fps} fps has no frame")
     dev = get_device(device)
     check_style(style)
+    probe_side = "top" if orientation is None else PROBE_SIDE[check_orientation(orientation)]
     rng = np.random.default_rng(seed)
     segments = _plan(float(seconds), float(fps), rng, params)
     patient_id = f"cine{seed}"
     n_int = internal_size(dev, size)
     k = n_int / dev.depth_mm
     layout = make_chrome(np.random.default_rng([seed, 7]), (size, size), screen_size, depth_mm=dev.depth_mm,
-                         side=segments[0].side) if chrome else None
+                         side=segments[0].side, probe_side=probe_side) if chrome else None
     for seg in segments:
         if layout is not None and seg.side != segments[0].side:
             layout = make_chrome(np.random.default_rng([seed, 7]), (size, size), screen_size,
-                                 depth_mm=dev.depth_mm, side=seg.side)
+                                 depth_mm=dev.depth_mm, side=seg.side, probe_side=probe_side)
         roi = layout.roi if layout is not None else (0, 0, size, size)
         offsets, tilts = _offset_track(seg.count, fps, rng)
         # Two scatterer fields per hip; speckle decorrelates as the plane moves (elevation motion).
@@ -135,7 +144,7 @@ def sweep_frames(
             defect = "tilt" if tilts[j] else ""
             frame = render_us_frame(seg.params, rng, dev, size, defect, float(offsets[j]), probe_shift_mm=shift,
                                     probe_rot_deg=float(np.clip(drift[j, 2], -1.5, 1.5)), speckle_field=field,
-                                    style=style)
+                                    style=style, orientation=orientation)
             time_s = index / fps
             if layout is not None:
                 screen, roi = layout.compose(frame.image, time_s)
@@ -164,6 +173,8 @@ def sweep_frames(
                 "roi_x": roi[0], "roi_y": roi[1], "roi_w": roi[2], "roi_h": roi[3],
                 "landmarks": landmarks,
             }
+            if orientation is not None:
+                label["orientation"] = frame.orientation
             yield screen, label
 
 
@@ -177,21 +188,27 @@ def write_cine(
     device: str = "A",
     progress: bool = False,
     style: str = "schematic",
+    orientation: str | None = None,
 ) -> Path:
     """Write a phantom cine as mp4 (OpenCV, fourcc mp4v) plus ``<out>.csv`` with one row per frame.
 
-    ``style``: ``"schematic"`` (default) or ``"realistic"`` rendering. CSV columns: ``CSV_COLUMNS`` then
-    ``EXTRA_COLUMNS``. Output: the mp4 path. Raises SonogateError when
+    ``style``: ``"schematic"`` (default) or ``"realistic"`` rendering; ``orientation``: None (default, the
+    device's convention) or a display orientation (see ``sweep_frames``). CSV columns: ``CSV_COLUMNS`` then
+    ``EXTRA_COLUMNS``, then ``orientation`` when one is given. Output: the mp4 path. Raises SonogateError when
     the arguments are invalid or the file cannot be written.
     """
     out = Path(out_mp4)
     if out.suffix.lower() != ".mp4":
         raise SonogateError(f"cine output must be an .mp4 file, got {out}")
+    columns = CSV_COLUMNS + EXTRA_COLUMNS + (() if orientation is None else ("orientation",))
+    if orientation is not None:
+        check_orientation(orientation)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SonogateError(f"cannot create folder for {out}: {exc}") from None
-    frames = sweep_frames(seed, seconds, fps, size=size, chrome=chrome, device=device, style=style)
+    frames = sweep_frames(seed, seconds, fps, size=size, chrome=chrome, device=device, style=style,
+                          orientation=orientation)
     total = round(seconds * fps)
     writer = None
     csv_path = out.with_suffix(".csv")
@@ -206,7 +223,7 @@ def write_cine(
     try:
         with open(csv_path, "w", newline="") as handle:
             table = csv.writer(handle)
-            table.writerow(CSV_COLUMNS + EXTRA_COLUMNS)
+            table.writerow(columns)
             for screen, label in frames:
                 if writer is None:
                     height, width = screen.shape[:2]
@@ -214,7 +231,7 @@ def write_cine(
                     if not writer.isOpened():
                         raise SonogateError(f"cannot write video {out} (OpenCV mp4v writer did not open)")
                 writer.write(screen)
-                table.writerow([_fmt(label[c]) for c in CSV_COLUMNS + EXTRA_COLUMNS])
+                table.writerow([_fmt(label[c]) for c in columns])
                 if bar is not None:
                     bar.update(1)
     except OSError as exc:

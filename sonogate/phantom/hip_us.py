@@ -26,6 +26,20 @@ Off-plane / poor frames (``standard_plane = 0``) mirror the substandard reasons 
 (incomplete bony roof / lower limb not shown), ``anterior`` and ``posterior`` (non-middle plane).
 Two more reasons of the real set are available on request (``EXTRA_DEFECTS``): ``no_chondro_osseous``
 (lack of a chondro-osseous border) and ``poor_capsule`` (poor display of capsule and perichondrium).
+
+Display orientations (``ORIENTATIONS``; ``render_us_frame(orientation=...)``), exact transforms of the
+rendered square image and of every landmark, so the labels stay exact:
+
+* ``"horizontal"``: as acquired. Skin and probe at the top, depth downwards; the ilium runs horizontally
+  (within the few degrees of ``baseline_tilt_deg``) from the left edge to the bony rim (about a quarter to a
+  third of the width in), cranial on the left, caudal on the right; the head lies right of the rim.
+* ``"graf"``: Graf's standard display (a right hip as on an AP radiograph): the transpose of the acquired
+  image. The ilium is vertical in the upper part, cranial up, caudal down; probe and skin (lateral) on the
+  viewer's left, depth (medial) increasing to the right; the head lies below the rim. Device ``C``'s
+  ``"vertical"`` preset shows exactly this.
+* ``"graf_mirrored"``: its left-right mirror (a left hip shown as it lies, or a probe turned round): the
+  acquired image rotated 90 degrees clockwise. Cranial up, probe and skin on the viewer's right, depth
+  increasing to the left.
 """
 
 from __future__ import annotations
@@ -40,13 +54,15 @@ import numpy as np
 
 from sonogate.errors import SonogateError
 from sonogate.measurements import graf_type as _graf_type
+from sonogate.phantom import raster
 from sonogate.phantom.acoustics import form_image, internal_size, new_speckle_field
 from sonogate.phantom.devices import ScannerDevice, get_device
+from sonogate.phantom.hip_scene import HipScene, drape_profile
 from sonogate.phantom.realistic import (
     REALISTIC_GRAIN,
     REALISTIC_LOOKS,
-    _wobble,
     check_style,
+    draw_scene,
     real_look,
     realistic_device,
     realistic_view,
@@ -186,12 +202,14 @@ def sample_hip_params(rng: np.random.Generator, graf_group: str | None = None) -
 class UsFrame:
     """One rendered ultrasound frame and its exact labels.
 
-    image: (size, size) uint8 grey, the ultrasound image only (no scanner chrome), in the device orientation.
+    image: (size, size) uint8 grey, the ultrasound image only (no scanner chrome), in its display orientation.
     alpha_deg, beta_deg, coverage_pct: geometry of this drawn frame (the plane position shifts them a little).
     standard_plane: 1 for a usable Graf standard plane, 0 otherwise; defect: "" or the reason.
     device: preset name. landmarks: name -> (x, y) in pixels of ``image`` (pixel centres at integers).
     plane_offset: elevation position of the plane (0 = middle, < 0 anterior, > 0 posterior).
     hip_alpha_deg, hip_beta_deg, hip_coverage_pct: the hip's standard-plane truth.
+    orientation: how the image is displayed: one of ``ORIENTATIONS`` when asked for, else the device's
+    convention ("horizontal", or "vertical" = the same picture as "graf").
     """
 
     image: np.ndarray
@@ -251,38 +269,60 @@ def measure_from_landmarks(landmarks: Mapping[str, tuple[float, float]]) -> dict
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Geometry of one frame (millimetres, as acquired)
+# Display orientations: exact transforms of the square image (pixel centres at integers) and its points
+
+ORIENTATIONS: tuple[str, ...] = ("horizontal", "graf", "graf_mirrored")
+# Where the probe (skin, depth zero) lies in the displayed image, for the scanner chrome's depth ruler.
+PROBE_SIDE: dict[str, str] = {"horizontal": "top", "graf": "left", "graf_mirrored": "right"}
 
 
-@dataclass
-class _Scene:
-    """Everything needed to draw one frame, in mm (x lateral, y depth)."""
-
-    alpha: float
-    beta: float
-    coverage: float
-    u: np.ndarray
-    n: np.ndarray
-    rim: np.ndarray
-    baseline_top: np.ndarray
-    baseline_bottom: np.ndarray
-    lower_limb: np.ndarray
-    labrum: np.ndarray
-    head_center: np.ndarray
-    head_radius: float
-    ilium: np.ndarray  # polyline from the rim corner region cranially, (k, 2)
-    roof: np.ndarray  # bony roof polyline from the ilium (through the rounded rim) to the lower limb
-    metaphysis_center: np.ndarray
-    metaphysis_radius: float
-    ischium: np.ndarray
-    defect: str
-    plane_offset: float
+def check_orientation(orientation: str) -> str:
+    """``orientation`` itself when it is one of ``ORIENTATIONS``; SonogateError (one line) otherwise."""
+    if orientation not in ORIENTATIONS:
+        raise SonogateError(f"unknown display orientation {orientation!r} (use one of {', '.join(ORIENTATIONS)})")
+    return orientation
 
 
-def _rot(v: np.ndarray, deg: float) -> np.ndarray:
-    a = math.radians(deg)
-    c, s = math.cos(a), math.sin(a)
-    return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
+def parse_orientation_list(text: str) -> tuple[str, ...]:
+    """``"horizontal,graf"`` -> ("horizontal", "graf"), checking every name; SonogateError on none or a bad one."""
+    names = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    if not names:
+        raise SonogateError(f"no display orientation named (expected e.g. {','.join(ORIENTATIONS)})")
+    return tuple(check_orientation(name) for name in names)
+
+
+def orient_image(image: np.ndarray, orientation: str) -> np.ndarray:
+    """Show an as-acquired image (H, W) or (H, W, C) in ``orientation``: unchanged for "horizontal", transposed
+    for "graf", rotated 90 degrees clockwise for "graf_mirrored". Output: a C-contiguous array (W, H[, C])."""
+    check_orientation(orientation)
+    if orientation == "horizontal":
+        return image
+    if orientation == "graf":
+        return np.ascontiguousarray(np.swapaxes(image, 0, 1))
+    return np.ascontiguousarray(np.rot90(image, -1))
+
+
+def orient_point(point: tuple[float, float], orientation: str, height: int) -> tuple[float, float]:
+    """Move a pixel point (x, y) of an as-acquired image ``height`` pixels high (pixel centres at integers)
+    to where ``orient_image`` puts that pixel. Output: (x, y) in the displayed image."""
+    check_orientation(orientation)
+    x, y = float(point[0]), float(point[1])
+    if orientation == "horizontal":
+        return x, y
+    if orientation == "graf":
+        return y, x
+    return float(height - 1) - y, x
+
+
+def orient_landmarks(
+    landmarks: Mapping[str, tuple[float, float]], orientation: str, height: int
+) -> dict[str, tuple[float, float]]:
+    """``orient_point`` applied to every landmark (name -> (x, y) pixels of an as-acquired image)."""
+    return {name: orient_point(xy, orientation, height) for name, xy in landmarks.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry of one frame (millimetres, as acquired; the ``HipScene`` is shared with the realistic style)
 
 
 def _resolve_defect(defect: str, plane_offset: float, rng: np.random.Generator) -> tuple[str, float]:
@@ -309,7 +349,7 @@ def _build_scene(
     probe_rot_deg: float,
     rng: np.random.Generator,
     view: tuple[float, float, float],
-) -> _Scene:
+) -> HipScene:
     """The frame's geometry in mm of the picture: ``view`` = (left, top, width) mm of the imaged field in the
     acquisition frame ((0, 0, ``depth_mm``): the device's whole field)."""
     view_left, view_top, view_width = view
@@ -388,11 +428,11 @@ def _build_scene(
     cup = rim[None, :] + (sr * roof_len)[:, None] * v_roof[None, :] - bulge[:, None] * m_head[None, :]
     roof = np.vstack([corner, cup[1:]])
 
-    neck_dir = _rot(u, 12.0)  # the neck runs caudally and a little medially
+    neck_dir = raster.rotate(u, 12.0)  # the neck runs caudally and a little medially
     meta_r = 1.1 * r
     metaphysis_center = center + (r + meta_r - 0.2 * r) * neck_dir
     ischium = center + 0.15 * r * u + 1.45 * r * n
-    return _Scene(
+    return HipScene(
         alpha=alpha, beta=beta, coverage=coverage, u=u, n=n, rim=rim, baseline_top=baseline_top,
         baseline_bottom=baseline_bottom, lower_limb=lower_limb, labrum=labrum, head_center=center,
         head_radius=r, ilium=ilium, roof=roof, metaphysis_center=metaphysis_center, metaphysis_radius=meta_r,
@@ -401,60 +441,7 @@ def _build_scene(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Rasterisation (pixels of the internal grid)
-
-_SHIFT = 4
-_ONE = 1 << _SHIFT
-
-
-def _fx(points: np.ndarray) -> np.ndarray:
-    """Float pixel coordinates -> fixed-point int32 for OpenCV drawing with sub-pixel precision."""
-    return np.round(np.asarray(points, dtype=np.float64) * _ONE).astype(np.int32).reshape(-1, 1, 2)
-
-
-def _polyline(img: np.ndarray, pts: np.ndarray, value: float, thickness: float) -> None:
-    cv2.polylines(img, [_fx(pts)], False, float(value), max(1, round(thickness)), cv2.LINE_8, _SHIFT)
-
-
-def _fill(img: np.ndarray, pts: np.ndarray, value: float) -> None:
-    cv2.fillPoly(img, [_fx(pts)], float(value), cv2.LINE_8, _SHIFT)
-
-
-def _ellipse(img, center, axes, angle_deg, value, thickness=-1, arc=(0.0, 360.0)) -> None:
-    cx, cy = (round(c * _ONE) for c in center)
-    ax = (max(1, round(axes[0] * _ONE)), max(1, round(axes[1] * _ONE)))
-    cv2.ellipse(img, (cx, cy), ax, float(angle_deg), float(arc[0]), float(arc[1]), float(value),
-                int(thickness) if thickness > 0 else -1, cv2.LINE_8, _SHIFT)
-
-
-def _arc_points(center: np.ndarray, radius: float, a0: float, a1: float, count: int = 24) -> np.ndarray:
-    t = np.linspace(math.radians(a0), math.radians(a1), count)
-    return np.stack([center[0] + radius * np.cos(t), center[1] + radius * np.sin(t)], axis=1)
-
-
-def _drape_profile(scene: _Scene, k: float, npx: int) -> np.ndarray:
-    """Depth (px) per column of the top of the deep structures, smoothed: muscle layers drape over it."""
-    xs = np.arange(npx, dtype=np.float64)
-    c, r = scene.head_center * k, scene.head_radius * k
-    top = np.full(npx, scene.rim[1] * k - 0.2 * r)
-    # Over the ilium: a little soft tissue above the bone.
-    il = scene.ilium * k
-    order = np.argsort(il[:, 0])
-    il_y = np.interp(xs, il[order, 0], il[order, 1])
-    top = np.where(xs < scene.rim[0] * k, il_y - 0.25 * r, top)
-    # Over the head (capsule and gluteus minimus hug it).
-    inside = np.abs(xs - c[0]) < r
-    head_top = c[1] - np.sqrt(np.clip(r * r - (xs - c[0]) ** 2, 0.0, None)) - 0.3 * r
-    top = np.where(inside, np.minimum(top, head_top), top)
-    # Over the greater trochanter / neck.
-    mc, mr = scene.metaphysis_center * k, scene.metaphysis_radius * k
-    inside_m = np.abs(xs - mc[0]) < mr
-    meta_top = mc[1] - np.sqrt(np.clip(mr * mr - (xs - mc[0]) ** 2, 0.0, None)) - 0.45 * r
-    top = np.where(inside_m, np.minimum(top, meta_top), top)
-    top = np.where(xs > mc[0], np.minimum(top, mc[1] - mr - 0.45 * r), top)
-    sigma = max(2.0, 0.06 * npx)
-    smooth = cv2.GaussianBlur(top.astype(np.float32)[None, :], (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
-    return smooth[0].astype(np.float64)
+# Schematic-style tissue maps (pixels of the internal grid; drawing helpers in ``raster``)
 
 
 @lru_cache(maxsize=64)
@@ -482,15 +469,6 @@ def _identity_map_x(npx: int) -> np.ndarray:
     return grid
 
 
-def _segments(img: np.ndarray, pts: np.ndarray, values, thickness: float) -> None:
-    """Polyline with one value per segment (len(pts) - 1 values)."""
-    fx = [tuple(p) for p in _fx(pts).reshape(-1, 2).tolist()]
-    t = max(1, round(thickness))
-    line = cv2.line
-    for i, value in enumerate(np.asarray(values, dtype=np.float64).tolist()):
-        line(img, fx[i], fx[i + 1], value, t, cv2.LINE_8, _SHIFT)
-
-
 def _specular_surface(img: np.ndarray, pts: np.ndarray, peak: float, thickness: float, rng: np.random.Generator,
                       floor: float = 0.2, halo: float = 0.0) -> None:
     """Bone or fascia surface whose echo depends on the angle to the (vertical) beams: a surface square
@@ -500,8 +478,8 @@ def _specular_surface(img: np.ndarray, pts: np.ndarray, peak: float, thickness: 
     rough = np.exp(0.18 * rng.standard_normal(len(d)))
     values = peak * (floor + (1.0 - floor) * cos_incidence**2) * rough
     if halo > 0:  # beam-width glow around strong reflectors, drawn first so the core stays on top
-        _segments(img, pts, values * halo, thickness * 3.0)
-    _segments(img, pts, values, thickness)
+        raster.segments(img, pts, values * halo, thickness * 3.0)
+    raster.segments(img, pts, values, thickness)
 
 
 @dataclass(frozen=True)
@@ -542,20 +520,6 @@ def _modulation_field(seed: int, npx: int) -> np.ndarray:
     return field
 
 
-def _smooth_noise(rng: np.random.Generator, count: int, width: int = 5) -> np.ndarray:
-    """Zero-mean, roughly unit-sd noise (count,) correlated over about ``width`` samples."""
-    return _wobble(rng, count, width)
-
-
-def _resample(pts: np.ndarray, step: float) -> np.ndarray:
-    """Polyline resampled at about ``step`` pixel spacing (at least the original end points)."""
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    arc = np.concatenate([[0.0], np.cumsum(seg)])
-    count = int(np.clip(arc[-1] / max(step, 1e-6), 2, 90)) + 1
-    t = np.linspace(0.0, arc[-1], count)
-    return np.stack([np.interp(t, arc, pts[:, 0]), np.interp(t, arc, pts[:, 1])], axis=1)
-
-
 def _bone_surface(spec: np.ndarray, diffuse: np.ndarray, bone: np.ndarray, pts: np.ndarray, into: np.ndarray,
                   peak: float, k: float, rng: np.random.Generator, floor: float = 0.12,
                   mu: float = 0.0, shadow_at: float = 0.9, tail: float = 1.0) -> None:
@@ -563,41 +527,39 @@ def _bone_surface(spec: np.ndarray, diffuse: np.ndarray, bone: np.ndarray, pts: 
     angle to the (vertical) beams (strong where square to the beam, fading where oblique), with a soft
     leading edge, a speckled reverberation tail into the bone and the attenuating band behind it.
     ``into`` is the unit vector pointing into the bone; ``mu`` the attenuation of the shadow band."""
-    pts = _resample(pts, max(1.5, 0.5 * k))
+    pts = raster.resample(pts, max(1.5, 0.5 * k))
     m = len(pts)
     # Roughness: the drawn surface wanders a little (about 0.07 mm) around the exact contour.
-    pts = pts + (0.07 * k * _smooth_noise(rng, m, 6))[:, None] * into[None, :]
+    pts = pts + (0.07 * k * raster.smooth_noise(rng, m, 6))[:, None] * into[None, :]
     d = np.diff(pts, axis=0)
     cos_incidence = np.abs(d[:, 0]) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
-    along = np.exp(0.25 * _smooth_noise(rng, m - 1, 8))
+    along = np.exp(0.25 * raster.smooth_noise(rng, m - 1, 8))
     values = peak * (floor + (1.0 - floor) * cos_incidence**3) * along
     rel = values / peak
     thick = max(1.0, 0.45 * k)
     # Leading edge: a dim, wider echo on the probe side (pulse length, beam width): a blurred onset.
-    _segments(spec, pts - (0.25 * k) * into, 0.12 * values, 2.6 * thick)
+    raster.segments(spec, pts - (0.25 * k) * into, 0.12 * values, 2.6 * thick)
     # Core, thicker where it is bright.
-    fx = [tuple(p) for p in _fx(pts).reshape(-1, 2).tolist()]
+    fixed = [tuple(p) for p in raster.fx(pts).reshape(-1, 2).tolist()]
     for i, (v, w) in enumerate(zip(values.tolist(), (thick * (0.8 + 0.5 * rel)).tolist())):
-        cv2.line(spec, fx[i], fx[i + 1], v, max(1, round(w)), cv2.LINE_8, _SHIFT)
+        cv2.line(spec, fixed[i], fixed[i + 1], v, max(1, round(w)), cv2.LINE_8, raster.SHIFT)
     # Reverberation tail into the bone: fainter echoes and a speckled band (diffuse: it speckles).
     if tail > 0:
         half = pts[::2] if m > 6 else pts
         hv = values[::2][: len(half) - 1] if m > 6 else values
         for depth, level in ((0.4, 0.3), (0.75, 0.12)):
-            _segments(spec, half + (depth * k) * into, tail * level * hv, max(1.0, 0.3 * k))
-        _polyline(diffuse, pts + (0.55 * k) * into, 0.9 * tail, max(1.0, 0.7 * k))
+            raster.segments(spec, half + (depth * k) * into, tail * level * hv, max(1.0, 0.3 * k))
+        raster.polyline(diffuse, pts + (0.55 * k) * into, 0.9 * tail, max(1.0, 0.7 * k))
     if mu > 0:
-        _polyline(bone, pts + (shadow_at * k) * into, mu, max(1.0, 0.7 * k))
+        raster.polyline(bone, pts + (shadow_at * k) * into, mu, max(1.0, 0.7 * k))
 
 
-def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
+def _draw_scene(scene: HipScene, params: HipParams, npx: int, depth_mm: float,
                 look: _Look | None = None, style: str = "schematic") -> tuple[np.ndarray, ...]:
     """Tissue maps (diffuse, specular, bone) float32 (npx, npx) for ``scene``; ``style="realistic"`` adds
     the layers of ``sonogate.phantom.realistic`` on top (the schematic maps are computed identically)."""
     look = look or _sweep_look(params.tissue_seed)
     if style == "realistic":
-        from sonogate.phantom.realistic import draw_scene
-
         return draw_scene(scene, params, npx, depth_mm, look)
     k = npx / depth_mm  # px per mm
     tex = np.random.default_rng(params.tissue_seed)  # per-hip texture: identical across frames of a hip
@@ -610,7 +572,7 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
     u, n = scene.u, scene.n
     xs = np.linspace(-0.05 * npx, 1.05 * npx, 28)
     fat_px = params.fat_mm * look.fat_scale * k
-    drape = _drape_profile(scene, k, npx)
+    drape = drape_profile(scene, k, npx)
     mean_drape = float(drape.mean())
     drape = np.minimum(drape, mean_drape + look.curvature * (drape - mean_drape))  # more / less curved layers
 
@@ -643,7 +605,7 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         slope = tex.normal(0.0, 0.05)
         pts = np.array([[x0, y0], [x0 + 0.5 * length, y0 + (0.5 * slope + tex.normal(0, 0.01)) * length],
                         [x0 + length, y0 + slope * length]])
-        _polyline(specular, pts, tex.uniform(1.0, 4.0), 1)
+        raster.polyline(specular, pts, tex.uniform(1.0, 4.0), 1)
     # Muscle: a few strong fasciae and fainter perimysium lines, draped between fat and the deep structures.
     drape_xs = np.clip(xs, 0, npx - 1).astype(int)
     for j in range(int(tex.integers(8, 14))):
@@ -660,12 +622,12 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         level = tex.uniform(2.0, 4.5) if strong else tex.uniform(0.7, 2.0)
         if strong:  # brightness varies along a fascia
             noise = np.convolve(tex.standard_normal(len(pts) + 3), [0.25, 0.5, 0.75, 0.5, 0.25], "valid")
-            gaps = np.where(_smooth_noise(tex, len(pts[::2]) - 1, 2) < -0.7, 0.05, 1.0)  # interrupted
-            _segments(specular, pts[::2], level * gaps * np.exp(0.9 * noise[: len(pts[::2]) - 1]), mm(0.2))
+            gaps = np.where(raster.smooth_noise(tex, len(pts[::2]) - 1, 2) < -0.7, 0.05, 1.0)  # interrupted
+            raster.segments(specular, pts[::2], level * gaps * np.exp(0.9 * noise[: len(pts[::2]) - 1]), mm(0.2))
         else:
-            _polyline(specular, pts, level, mm(0.15))
+            raster.polyline(specular, pts, level, mm(0.15))
         if strong:  # hypoechoic muscle belly just below a fascia
-            _polyline(diffuse, pts + np.array([0.0, mm(0.8)]), 0.16, mm(1.0))
+            raster.polyline(diffuse, pts + np.array([0.0, mm(0.8)]), 0.16, mm(1.0))
     # Superficial layers (fat septa, gluteus maximus perimysium): many long, thin, parallel bright streaks.
     for _ in range(int(tex.integers(10, 20))):
         f = float(tex.uniform(-0.6, 0.45))
@@ -674,14 +636,14 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         ys = fat_px + f * (drape[drape_xs[a:b]] - fat_px) + tex.normal(0.0, 0.004 * npx)
         if f < 0:  # inside the fat: follow the skin more than the joint
             ys = fat_px * (1.0 + f) + 0.15 * f * (drape[drape_xs[a:b]] - drape.mean())
-        _polyline(specular, np.stack([xs[a:b], ys], axis=1), tex.uniform(1.2, 3.2), 1)
-    _polyline(specular, np.array([[0, 0.3 * k], [npx, 0.3 * k]]), 5.0, mm(0.3))  # skin line
+        raster.polyline(specular, np.stack([xs[a:b], ys], axis=1), tex.uniform(1.2, 3.2), 1)
+    raster.polyline(specular, np.array([[0, 0.3 * k], [npx, 0.3 * k]]), 5.0, mm(0.3))  # skin line
     if look.reverb > 0:  # near-field reverberation: faint copies of the skin line, evenly spaced, decaying
         step = float(tex.uniform(1.2, 2.4)) * k
         for j in range(1, 5):
-            _polyline(specular, np.array([[0, 0.3 * k + j * step], [npx, 0.3 * k + j * step]]),
-                      look.reverb * 0.7**j, mm(0.25))
-        _polyline(diffuse, np.array([[0, 2.0 * step], [npx, 2.0 * step]]), 0.15 * look.reverb, 4.0 * step)
+            raster.polyline(specular, np.array([[0, 0.3 * k + j * step], [npx, 0.3 * k + j * step]]),
+                            look.reverb * 0.7**j, mm(0.25))
+        raster.polyline(diffuse, np.array([[0, 2.0 * step], [npx, 2.0 * step]]), 0.15 * look.reverb, 4.0 * step)
 
     # Acetabular cartilage: fills between the bony roof, the head and the cartilage roof line.
     roof_px = scene.roof * k
@@ -694,9 +656,9 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
     span = (ang_low - ang_lab) % 360.0
     through = (ang_rim - ang_lab) % 360.0
     arc_end = ang_lab + span if through <= span else ang_lab - (360.0 - span)
-    head_arc = _arc_points(c, r * 1.02, ang_lab, arc_end, 30)
+    head_arc = raster.arc_points(c, r * 1.02, ang_lab, arc_end, 30)
     cart_poly = np.vstack([roof_px[::-1], lab[None, :], head_arc, low[None, :]])
-    _fill(diffuse, cart_poly, 0.1)
+    raster.fill(diffuse, cart_poly, 0.1)
     cx0, cy0 = cart_poly.min(axis=0)
     cx1, cy1 = cart_poly.max(axis=0)
     n_fleck = int(tex.integers(6, 16))  # hypoechoic but textured: a few faint flecks
@@ -709,11 +671,12 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
     # Greater-trochanter cartilage and the cartilaginous neck region (hypoechoic).
     mc, mr = scene.metaphysis_center * k, scene.metaphysis_radius * k
     gt_center = c + 1.25 * r * u - 0.35 * r * n
-    _ellipse(diffuse, gt_center, (1.0 * r, 0.75 * r), math.degrees(math.atan2(u[1], u[0])), 0.08)
+    raster.ellipse(diffuse, gt_center, (1.0 * r, 0.75 * r), math.degrees(math.atan2(u[1], u[0])), 0.08)
 
     # Femoral head: hypoechoic hyaline cartilage with a few echogenic sinusoids.
-    cv2.circle(diffuse, tuple(round(v * _ONE) for v in c), round(r * _ONE), 0.06, -1, cv2.LINE_8, _SHIFT)
-    cv2.circle(specular, tuple(round(v * _ONE) for v in c), round(r * _ONE), 0.0, -1, cv2.LINE_8, _SHIFT)
+    centre_fixed = tuple(round(v * raster.ONE) for v in c)  # OpenCV fixed point (raster.SHIFT bits)
+    cv2.circle(diffuse, centre_fixed, round(r * raster.ONE), 0.06, -1, cv2.LINE_8, raster.SHIFT)
+    cv2.circle(specular, centre_fixed, round(r * raster.ONE), 0.0, -1, cv2.LINE_8, raster.SHIFT)
     # (Set as 2-3 pixel dashes in one vectorised step: the PSF blur rounds them off.)
     n_dots = int(tex.integers(15, 60))
     rad = r * 0.9 * np.sqrt(tex.random(n_dots))
@@ -733,12 +696,12 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
     specular[star_y, star_x] = star_v
     specular[star_y, star_x + 1] = 0.5 * star_v
     # Thin echogenic perichondrium around the head.
-    cv2.circle(specular, tuple(round(v * _ONE) for v in c), round(r * 1.01 * _ONE), 0.9, 1, cv2.LINE_8, _SHIFT)
+    cv2.circle(specular, centre_fixed, round(r * 1.01 * raster.ONE), 0.9, 1, cv2.LINE_8, raster.SHIFT)
 
     # Fat pad in the acetabular fossa, between the head and the lower limb (echogenic).
     toward = (low - c) / max(1e-6, float(np.hypot(*(low - c))))
     pad = c + toward * (r * 1.05 + 0.35 * float(np.hypot(*(low - c)) - r))
-    _ellipse(diffuse, pad, (0.28 * r, 0.14 * r), math.degrees(math.atan2(toward[1], toward[0])) + 90, 0.4)
+    raster.ellipse(diffuse, pad, (0.28 * r, 0.14 * r), math.degrees(math.atan2(toward[1], toward[0])) + 90, 0.4)
 
     defect = scene.defect
     # Capsule over the head and neck, perichondrium over the cartilage roof (echogenic lines).
@@ -751,13 +714,13 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         tb = np.linspace(0.0, 1.0, 14)[:, None]
         cap = (1 - tb) ** 2 * start + 2 * (1 - tb) * tb * top + tb**2 * (c + 1.3 * r * u - 0.9 * r * n)
         cap = np.vstack([cap, tail_end])
-        _polyline(diffuse, cap, 0.35, mm(1.8))  # thick fibrous capsule
+        raster.polyline(diffuse, cap, 0.35, mm(1.8))  # thick fibrous capsule
         _specular_surface(specular, cap, 4.0, mm(0.4), tex, floor=0.5, halo=0.3)
         rim_px = scene.rim * k
         peri = np.vstack([lab, rim_px - 0.12 * r * n, rim_px - 1.4 * r * u - 0.18 * r * n])
         _specular_surface(specular, peri, 2.6, mm(0.3), tex, floor=0.5)
     else:
-        _ellipse(diffuse, c - 0.8 * r * n, (1.2 * r, 0.5 * r), 0.0, 0.25)  # smeared, low-contrast region
+        raster.ellipse(diffuse, c - 0.8 * r * n, (1.2 * r, 0.5 * r), 0.0, 0.25)  # smeared, low-contrast region
 
     # Labrum: echogenic triangle at the tip of the cartilage roof, on the head.
     if defect != "no_labrum":
@@ -769,10 +732,10 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
         base1 = lab + 0.18 * r * radial - 0.2 * r * tangent
         apex = lab + 0.05 * r * radial + 0.5 * r * tangent
         tri = np.stack([base0, base1, apex])
-        _fill(diffuse, tri, 1.1)
-        _fill(specular, tri, 1.5)
+        raster.fill(diffuse, tri, 1.1)
+        raster.fill(specular, tri, 1.5)
     else:
-        _ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.07)
+        raster.ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.07)
 
     # Bone. Bright specular surface (plus a fainter echo just below: pulse length and reverberation), then
     # a band of attenuation on the bone side that casts the acoustic shadow.
@@ -789,50 +752,50 @@ def _draw_scene(scene: _Scene, params: HipParams, npx: int, depth_mm: float,
     _bone_surface(bspec, diffuse, bone, roof_drawn, m_away, 30.0, k, tex, floor=0.25, mu=bone_mu, shadow_at=0.6,
                   tail=0.7)
     if defect != "no_lower_limb":
-        _ellipse(specular, low, (0.8 * k, 0.55 * k), math.degrees(math.atan2(u[1], u[0])), 22.0)
-        _ellipse(bone, low + 0.5 * k * n, (0.7 * k, 0.4 * k), 0.0, bone_mu)
+        raster.ellipse(specular, low, (0.8 * k, 0.55 * k), math.degrees(math.atan2(u[1], u[0])), 22.0)
+        raster.ellipse(bone, low + 0.5 * k * n, (0.7 * k, 0.4 * k), 0.0, bone_mu)
         # Beyond the lower limb the bony contour hooks under the head (acetabular fossa, Y-cartilage edge).
         ang_l = math.degrees(math.atan2(low[1] - c[1], low[0] - c[0]))
         toward_below = -1.0 if ((ang_l - math.degrees(math.atan2(n[1], n[0]))) % 360.0) < 180.0 else 1.0
-        hook = _arc_points(c, float(np.hypot(*(low - c))) * 1.03, ang_l, ang_l + toward_below * 38.0, 8)
+        hook = raster.arc_points(c, float(np.hypot(*(low - c))) * 1.03, ang_l, ang_l + toward_below * 38.0, 8)
         _specular_surface(bspec, hook, 14.0, mm(0.4), tex, floor=0.35, halo=0.2)
-        _polyline(bone, hook + (0.6 * k) * n, 0.6 * bone_mu, mm(0.6))
+        raster.polyline(bone, hook + (0.6 * k) * n, 0.6 * bone_mu, mm(0.6))
     else:
-        _ellipse(diffuse, low, (0.12 * r, 0.3 * r), 0.0, 0.07)
+        raster.ellipse(diffuse, low, (0.12 * r, 0.3 * r), 0.0, 0.07)
 
     # Ischium below the joint: a rounded bony cap, bright on top, with its own shadow.
     isc = scene.ischium * k
     isc_angle = math.degrees(math.atan2(u[1], u[0]))
-    _ellipse(diffuse, isc, (0.62 * r, 0.4 * r), isc_angle, 0.35)  # glow of the cartilage around it
-    dome = _arc_points(isc + 0.12 * r * n, 0.42 * r, 180.0 + isc_angle, 360.0 + isc_angle, 12)
+    raster.ellipse(diffuse, isc, (0.62 * r, 0.4 * r), isc_angle, 0.35)  # glow of the cartilage around it
+    dome = raster.arc_points(isc + 0.12 * r * n, 0.42 * r, 180.0 + isc_angle, 360.0 + isc_angle, 12)
     dome[:, 1] = isc[1] + 0.12 * r + (dome[:, 1] - isc[1] - 0.12 * r) * 0.75  # a little flatter than round
     _specular_surface(bspec, dome, 18.0, mm(0.55), tex, floor=0.4, halo=0.25)
-    _ellipse(bone, isc + 0.2 * r * n, (0.4 * r, 0.2 * r), isc_angle, bone_mu)
+    raster.ellipse(bone, isc + 0.2 * r * n, (0.4 * r, 0.2 * r), isc_angle, bone_mu)
 
     # Chondro-osseous border of the femoral neck: bright arc facing the head and the probe, shadow behind.
     if defect != "no_chondro_osseous":
         facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
-        arc = _arc_points(mc, mr, facing - 15.0, facing + 100.0, 18)
+        arc = raster.arc_points(mc, mr, facing - 15.0, facing + 100.0, 18)
         _specular_surface(bspec, arc, 20.0, mm(0.4), tex, floor=0.3, halo=0.15)
-        _polyline(bone, _arc_points(mc, mr - 0.6 * k, facing - 15.0, facing + 100.0, 18), bone_mu, mm(0.7))
+        raster.polyline(bone, raster.arc_points(mc, mr - 0.6 * k, facing - 15.0, facing + 100.0, 18), bone_mu, mm(0.7))
     # Ossific nucleus: irregular bright core in the head, partial shadow.
     if params.ossific_nucleus_mm > 0:
         rn = params.ossific_nucleus_mm * k
-        pts = _arc_points(c + 0.1 * r * n, rn, 0, 360, 14)
+        pts = raster.arc_points(c + 0.1 * r * n, rn, 0, 360, 14)
         pts += tex.normal(0.0, 0.12 * rn, pts.shape)
-        _fill(specular, pts, 7.0)
-        _fill(bone, pts, 0.12)
+        raster.fill(specular, pts, 7.0)
+        raster.fill(bone, pts, 0.12)
     specular += cv2.multiply(bspec, _modulation_field(params.tissue_seed, npx))
     return diffuse, specular, bone
 
 
-def _to_output(point_mm: np.ndarray, k: float, n_int: int, size: int, vertical: bool) -> tuple[float, float]:
-    """mm (as acquired) -> output pixel (x, y), matching cv2.resize's pixel-centre mapping and orientation."""
+def _to_output(point_mm: np.ndarray, k: float, n_int: int, size: int) -> tuple[float, float]:
+    """mm (as acquired) -> output pixel (x, y) as acquired, matching cv2.resize's pixel-centre mapping."""
     x, y = float(point_mm[0] * k), float(point_mm[1] * k)
     if n_int != size:
         scale = size / n_int
         x, y = (x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5
-    return (y, x) if vertical else (x, y)
+    return x, y
 
 
 def render_us_frame(
@@ -847,6 +810,7 @@ def render_us_frame(
     probe_rot_deg: float = 0.0,
     speckle_field: np.ndarray | None = None,
     style: str = "schematic",
+    orientation: str | None = None,
 ) -> UsFrame:
     """Render one hip ultrasound frame.
 
@@ -861,11 +825,21 @@ def render_us_frame(
     ``"realistic"`` (``sonogate.phantom.realistic``: layered soft tissue, bone surfaces over grey blocks,
     finer speckle, TGC banding, framed closer: ``realistic.realistic_view``). Both styles consume ``rng`` identically, so a
     seed gives the same labels; the realistic landmarks are the same points in its zoomed framing (the
-    trochanter and the ischium, drawn per hip by ``realistic.vary_anatomy``, excepted).
-    Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels.
+    trochanter and the ischium, drawn per hip by ``realistic.vary_anatomy``, excepted); ``orientation`` the
+    display orientation, one of ``ORIENTATIONS`` ("horizontal" as acquired, "graf" Graf's display with the
+    ilium vertical, cranial up and the probe on the left, "graf_mirrored" the same with the probe on the right;
+    see the module docstring), an exact transform of the image and of every landmark applied after rendering,
+    so it changes no label and draws nothing from ``rng``; None (default) shows the device's own convention
+    (``"vertical"`` on device C is the same picture as "graf"), byte for byte as before the option existed.
+    Output: ``UsFrame`` with the image, exact labels of this frame and the landmark pixels;
+    ``UsFrame.orientation`` is the name asked for, or the device's convention when None.
     """
     dev = get_device(device)
     realistic = check_style(style) == "realistic"
+    if orientation is None:
+        display = "graf" if dev.orientation == "vertical" else "horizontal"
+    else:
+        display = check_orientation(orientation)
     if not isinstance(size, (int, np.integer)) or size < 32:
         raise SonogateError(f"phantom image size must be an integer >= 32, got {size!r}")
     defect, plane_offset = _resolve_defect(defect, plane_offset, rng)
@@ -891,9 +865,7 @@ def render_us_frame(
     else:
         image = form_image(diffuse, specular, bone, dev, speckle_field, int(size), gain_offset_db=look.gain_db,
                            contrast=look.contrast, vignette=look.vignette)
-    vertical = dev.orientation == "vertical"
-    if vertical:
-        image = np.ascontiguousarray(image.T)
+    image = orient_image(image, display)
 
     k = n_int / view[2]
     r = scene.head_radius
@@ -911,7 +883,8 @@ def render_us_frame(
         / float(np.hypot(*(scene.head_center - scene.metaphysis_center))),
         "ischium": scene.ischium - 0.3 * r * scene.n,
     }
-    landmarks = {name: _to_output(raw[name], k, n_int, int(size), vertical) for name in LANDMARK_NAMES}
+    landmarks = {name: orient_point(_to_output(raw[name], k, n_int, int(size)), display, int(size))
+                 for name in LANDMARK_NAMES}
     return UsFrame(
         image=image,
         alpha_deg=float(scene.alpha),
@@ -925,6 +898,6 @@ def render_us_frame(
         hip_alpha_deg=float(params.alpha_deg),
         hip_beta_deg=float(params.beta_deg),
         hip_coverage_pct=float(params.coverage_pct),
-        orientation=dev.orientation,
+        orientation=dev.orientation if orientation is None else display,
         extras={"head_radius_px": float(r * k * size / n_int), "graf_type": params.graf_type()},
     )

@@ -30,7 +30,8 @@ Everything here draws from per-hip generators seeded by ``HipParams.tissue_seed`
 their anatomy texture) and never from the frame's ``rng``: the frame generator is consumed exactly as in the
 schematic style, so both styles give the same labels and scatterer field for the same seed (the landmarks
 differ only by the framing).
-How close it gets, measured: ``sonogate.phantom.realism`` and ``docs/phantom.md``.
+How close it gets, measured: ``benchmarks/phantom_realism.py`` and ``docs/phantom.md``.
+Shared drawing and noise helpers: ``sonogate.phantom.raster``; the frame's geometry: ``hip_scene.HipScene``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from sonogate.phantom import raster
 from sonogate.phantom.devices import ScannerDevice
+from sonogate.phantom.hip_scene import HipScene, drape_profile
 
 STYLES: tuple[str, ...] = ("schematic", "realistic")
 DEFAULT_STYLE = "schematic"
@@ -147,7 +150,7 @@ def realistic_view(params, depth_mm: float) -> tuple[float, float, float]:
     return left, top, width
 
 
-def vary_anatomy(scene, params, width_mm: float):
+def vary_anatomy(scene: HipScene, params, width_mm: float) -> HipScene:
     """``hip_us``'s ``scene`` with this hip's own bony outline below the joint: the femoral metaphysis
     (greater trochanter) 0.95-1.4 x the nominal size, its neck turned by -12..+10 deg, its cartilage gap to the
     head varied, and the ischium moved along (-0.3..+0.25 r) and across (1.15-1.4 r: at the head's foot)
@@ -156,12 +159,10 @@ def vary_anatomy(scene, params, width_mm: float):
     that alpha, beta or coverage depend on moves, and the returned landmarks follow the moved structures; the
     ischium's landmark stays inside the ``width_mm`` square picture (it is raised if it would not).
     Drawn from the per-hip generator (fixed for a sweep), never from the frame's ``rng``."""
-    from sonogate.phantom import hip_us as h
-
     g = np.random.default_rng([params.tissue_seed, 0xA7A7])
     r, c, u, n = scene.head_radius, scene.head_center, scene.u, scene.n
     meta_r = scene.metaphysis_radius * float(g.uniform(0.95, 1.4))
-    neck_dir = h._rot(u, float(g.uniform(-12.0, 10.0)))
+    neck_dir = raster.rotate(u, float(g.uniform(-12.0, 10.0)))
     overlap = float(g.uniform(0.1, 0.3))  # how far the metaphysis reaches under the head (cartilage gap)
     along, down = float(g.uniform(-0.3, 0.25)), float(g.uniform(1.15, 1.4))
     # Landmark = ischium - 0.3 r n; keep its depth <= 97 % of the picture (n points deep).
@@ -233,24 +234,9 @@ def _tail_kernel(length: int) -> np.ndarray:
     return kernel
 
 
-@lru_cache(maxsize=16)
-def _hann(width: int) -> np.ndarray:
-    kernel = np.hanning(2 * width + 1)
-    kernel /= math.sqrt(float((kernel**2).sum()))
-    kernel.setflags(write=False)
-    return kernel
-
-
-def _wobble(g: np.random.Generator, count: int, width: int) -> np.ndarray:
-    """Zero-mean, roughly unit-sd noise (count,) correlated over about ``width`` samples."""
-    return np.convolve(g.standard_normal(count + 2 * width), _hann(width), "valid")[:count]
-
-
-def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_scene(scene: HipScene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tissue maps (diffuse, specular, bone) float32 (npx, npx) of the realistic style for ``hip_us``'s
     ``scene`` (geometry in mm, as acquired), ``params`` (the hip) and ``look`` (per-sweep operator look)."""
-    from sonogate.phantom import hip_us as h
-
     rl = real_look(params.tissue_seed)
     g = np.random.default_rng([params.tissue_seed, 0x5EA2])
     k = npx / depth_mm
@@ -258,7 +244,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     c, r = scene.head_center * k, scene.head_radius * k
     u, n = scene.u, scene.n
     rows = np.arange(npx, dtype=np.float32)[:, None]
-    drape = h._drape_profile(scene, k, npx)
+    drape = drape_profile(scene, k, npx)
     band = float(np.clip(rl.band_mm * k, 2.0, 0.45 * float(drape.min())))
     xs = np.linspace(-0.05 * npx, 1.05 * npx, 48)
     xcol = np.clip(xs, 0, npx - 1).astype(int)
@@ -268,7 +254,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
 
     # Soft tissue: a bright subcutaneous band (dense fine streaks), then muscle (dim, faintly striated along
     # the fibres), blotchy deeper tissue; levels are backscatter amplitudes (1 = bright tissue).
-    floor = (band + 0.4 * k * _wobble(g, npx, 40)).astype(np.float32)[None, :]
+    floor = (band + 0.4 * k * raster.smooth_noise(g, npx, 40)).astype(np.float32)[None, :]
     in_band = np.clip((floor - rows) / (0.5 * k) + 0.5, 0.0, 1.0)
     below_drape = np.clip((rows - drape.astype(np.float32)[None, :]) / (0.6 * r), 0.0, 1.0)
     fine = _streak_field(params.tissue_seed, npx, 1, 0.25 * npx, 0.35 * npx / 256.0 + 0.2, 0.0)
@@ -282,7 +268,8 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Skin entry line and the superficial fascia at the floor of the band.
     if g.random() < 0.6:  # the probe face's echo: uneven, not on every scanner
         _wavy_line(specular, shade, g, xs, np.full(len(xs), 0.25 * k), g.uniform(1.0, 3.0), mm(0.25), 0.0)
-    _wavy_line(specular, shade, g, xs, band + 0.3 * k * _wobble(g, len(xs), 5), 6.0 * rl.band_gain, mm(0.25), 0.0)
+    floor_line = band + 0.3 * k * raster.smooth_noise(g, len(xs), 5)
+    _wavy_line(specular, shade, g, xs, floor_line, 6.0 * rl.band_gain, mm(0.25), 0.0)
     # Fasciae between the muscles: long, gently wavy lines following the layers, which drape over the joint
     # and converge on the ilium; a few fainter perimysium lines between them.
     top_line = band + 0.6 * k
@@ -303,8 +290,8 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     shares = np.minimum(np.maximum.accumulate(np.asarray(shares) + 0.015 * np.arange(len(shares))[:, None]), 0.99)
     for f, share in zip(fractions, shares):
         hug = deep_flat + share**1.3 * (deep - deep_flat)
-        ys = top_line + share * np.maximum(hug - top_line, 0.0) + 0.12 * k * _wobble(g, len(xs), 4)
-        ys = ys + 0.15 * k * _wobble(g, len(xs), 14)  # long, gentle undulation
+        ys = top_line + share * np.maximum(hug - top_line, 0.0) + 0.12 * k * raster.smooth_noise(g, len(xs), 4)
+        ys = ys + 0.15 * k * raster.smooth_noise(g, len(xs), 14)  # long, gentle undulation
         a = int(g.integers(0, 6)) if g.random() < 0.5 else int(g.integers(0, len(xs) // 2))
         b = len(xs) - (int(g.integers(0, 6)) if g.random() < 0.6 else int(g.integers(0, len(xs) // 3)))
         # Superficial fasciae are the brightest (less tissue above them, square to the beam).
@@ -313,7 +300,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
                    haze=g.uniform(0.03, 0.09))
     for _ in range(int(g.integers(4, 20))):  # short bright dashes: perimysium, fibre bundles
         f = g.uniform(0.0, 1.0) ** 1.3
-        ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.15 * k * _wobble(g, len(xs), 10)
+        ys = top_line + f * np.maximum(deep - top_line, 0.0) + 0.15 * k * raster.smooth_noise(g, len(xs), 10)
         a = int(g.integers(0, len(xs) - 4))
         b = min(len(xs), a + int(g.integers(3, 10)))
         _wavy_line(specular, shade, g, xs[a:b], ys[a:b], g.uniform(1.5, 5.0), 1.0, 0.0)
@@ -322,7 +309,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         y0 = g.uniform(0.15, 0.95) * band
         a = int(g.integers(0, len(xs) - 8))
         b = min(len(xs), a + int(g.integers(6, 40)))
-        ys = y0 + 0.2 * k * _wobble(g, b - a, 8)
+        ys = y0 + 0.2 * k * raster.smooth_noise(g, b - a, 8)
         _wavy_line(specular, shade, g, xs[a:b], ys, g.uniform(6.0, 16.0) * rl.band_gain, 1.0, 0.0)
 
     defect = scene.defect
@@ -336,8 +323,9 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     # Joint: hypoechoic cartilage (acetabular roof, head, trochanter), the head with sparse bright specks.
     cart = np.vstack([roof[::-1], lab[None, :], c + 1.02 * r * (lab - c) / max(1e-6, float(np.hypot(*(lab - c)))),
                       c, low[None, :]])
-    h._fill(diffuse, cart, 0.05)
-    h._ellipse(diffuse, c + 1.3 * r * u - 0.3 * r * n, (1.0 * r, 0.7 * r), math.degrees(math.atan2(u[1], u[0])), 0.06)
+    raster.fill(diffuse, cart, 0.05)
+    raster.ellipse(diffuse, c + 1.3 * r * u - 0.3 * r * n, (1.0 * r, 0.7 * r),
+                   math.degrees(math.atan2(u[1], u[0])), 0.06)
     cv2.circle(diffuse, center, round(r * 16), 0.075, -1, cv2.LINE_8, 4)
     # "Starry sky": flecks (vascular sinusoids) bunched in a few clusters, not sprinkled evenly; a few of
     # them short curved strands.
@@ -356,13 +344,13 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
                  (round((x + w) * 16), round((y + w * tilt) * 16)), float(v), 1, cv2.LINE_8, 4)
     for _ in range(int(g.integers(2, 7))):  # curved strands
         a0 = g.uniform(0, 360)
-        strand = h._arc_points(c + g.normal(0, 0.3 * r, 2), g.uniform(0.2, 0.6) * r, a0, a0 + g.uniform(30, 80), 6)
+        strand = raster.arc_points(c + g.normal(0, 0.3 * r, 2), g.uniform(0.2, 0.6) * r, a0, a0 + g.uniform(30, 80), 6)
         _wavy_line(specular, shade, g, strand[:, 0], strand[:, 1], g.uniform(0.8, 2.5), 1.0, 0.0, points=strand)
     # Faint perichondrium round the head: a slightly irregular outline, not a drawn circle.
-    ring = h._arc_points(c, 1.01 * r, 0, 360, 40)
-    ring += (0.05 * r * _wobble(g, 40, 4))[:, None] * (ring - c) / r
-    seen = np.clip(_wobble(g, 39, 5) + 0.3, 0.0, 1.0)  # visible in stretches only
-    h._segments(specular, ring, g.uniform(0.4, 1.6) * seen * np.exp(0.5 * _wobble(g, 39, 3)), 1)
+    ring = raster.arc_points(c, 1.01 * r, 0, 360, 40)
+    ring += (0.05 * r * raster.smooth_noise(g, 40, 4))[:, None] * (ring - c) / r
+    seen = np.clip(raster.smooth_noise(g, 39, 5) + 0.3, 0.0, 1.0)  # visible in stretches only
+    raster.segments(specular, ring, g.uniform(0.4, 1.6) * seen * np.exp(0.5 * raster.smooth_noise(g, 39, 3)), 1)
 
     # Perichondrium over the cartilage roof (rim -> labrum), the capsule from the labrum over the head and on
     # to the neck, the gluteus minimus fascia above it: the bright arch over the head on real scans.
@@ -371,14 +359,14 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         end = mc - (mr + 0.15 * r) * n + 0.2 * mr * u
         tb = np.linspace(0.0, 1.0, 20)[:, None]
         cap = (1 - tb) ** 2 * (lab - 0.1 * r * n) + 2 * (1 - tb) * tb * top + tb**2 * end
-        cap = cap + (0.03 * r * _wobble(g, len(cap), 4))[:, None] * n[None, :]
+        cap = cap + (0.03 * r * raster.smooth_noise(g, len(cap), 4))[:, None] * n[None, :]
         _wavy_line(specular, shade, g, cap[:, 0], cap[:, 1], g.uniform(4.0, 12.0), mm(0.3), 0.3, points=cap)
         peri = np.vstack([rim - 0.1 * r * n, 0.5 * (rim + lab) - 0.25 * r * n, lab - 0.12 * r * n])
         _wavy_line(specular, shade, g, peri[:, 0], peri[:, 1], g.uniform(4.0, 7.0), mm(0.3), 0.0, points=peri)
-        h._polyline(diffuse, cap, 0.3, mm(0.9))
+        raster.polyline(diffuse, cap, 0.3, mm(0.9))
     else:
         smear = np.zeros_like(diffuse)  # capsule not resolved: a smeared, low-contrast region over the head
-        h._ellipse(smear, c - 0.8 * r * n, (1.2 * r, 0.5 * r), 0.0, 1.0)
+        raster.ellipse(smear, c - 0.8 * r * n, (1.2 * r, 0.5 * r), 0.0, 1.0)
         diffuse += cv2.GaussianBlur(smear, (0, 0), 0.3 * r) * cv2.exp(fibres * np.float32(0.5)) * np.float32(0.12)
     if defect != "no_labrum":
         radial = (lab - c) / max(1e-6, float(np.hypot(*(lab - c))))
@@ -388,13 +376,13 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         tri = np.stack([lab - 0.14 * r * radial - 0.2 * r * tangent, lab + 0.18 * r * radial - 0.2 * r * tangent,
                         lab + 0.05 * r * radial + 0.5 * r * tangent])
         # A soft, ragged wedge (fibrocartilage in fat), not a clean triangle.
-        tri = h._resample(np.vstack([tri, tri[:1]]), max(1.0, 0.04 * r))
+        tri = raster.resample(np.vstack([tri, tri[:1]]), max(1.0, 0.04 * r))
         middle = tri.mean(axis=0)
-        tri = middle + (tri - middle) * (1.0 + 0.2 * _wobble(g, len(tri), 3))[:, None]
-        h._fill(diffuse, tri, g.uniform(0.3, 0.7))
-        h._fill(specular, tri, g.uniform(0.2, 0.8))  # echogenic but not a pasted-on spike
+        tri = middle + (tri - middle) * (1.0 + 0.2 * raster.smooth_noise(g, len(tri), 3))[:, None]
+        raster.fill(diffuse, tri, g.uniform(0.3, 0.7))
+        raster.fill(specular, tri, g.uniform(0.2, 0.8))  # echogenic but not a pasted-on spike
     else:
-        h._ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.05)
+        raster.ellipse(diffuse, lab, (0.3 * r, 0.2 * r), 0.0, 0.05)
 
     # Bone: bright echoes with a sharp top, a short pulse-length tail and a strong shadow.
     mu = 2.3 / mm(0.8)
@@ -412,8 +400,8 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     over = np.zeros_like(diffuse)
     thick = g.uniform(1.0, 3.0)
     for share in np.linspace(0.0, 1.0, 5):
-        h._polyline(over, il[:reach] - (0.3 + share * thick) * k * n, 1.0 - 0.8 * share, max(1.0, 0.35 * thick * k))
-    win = _drawn_window(over, 0)
+        raster.polyline(over, il[:reach] - (0.3 + share * thick) * k * n, 1.0 - 0.8 * share, max(1.0, 0.35 * thick * k))
+    win = raster.drawn_window(over, 0)
     diffuse[win] += over[win] * np.float32(g.uniform(1.5, 4.0) * float(muscle_level))
     # Under the ilium and the femoral neck real scans show grey blocks, not black shadows: the infant's thin,
     # partly cartilaginous bone passes some sound and reverberates (``_bone_blocks`` fills them).
@@ -421,32 +409,32 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     blocks = [np.vstack([il[::-1], roof_drawn, [[end[0] + g.uniform(0.1, 0.8) * r, npx * 1.1], [il[-1, 0], npx * 1.1]]])]
     a_low = math.degrees(math.atan2(*(low - c)[::-1]))  # the lower limb's direction from the head's centre
     if defect != "no_lower_limb":
-        h._ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
+        raster.ellipse(specular, low, (0.9 * k, 0.6 * k), math.degrees(math.atan2(u[1], u[0])), 14.0)
         if g.random() < 0.8:
             # The acetabular fossa's floor: from the lower limb a soft (not bony, unshadowed) echo runs on
             # round under the head, closing the dark circle that real scans show.
             sweep = g.uniform(40.0, 110.0) * (1.0 if math.sin(math.radians(a_low)) * u[0] > 0 else -1.0)
-            bowl = h._arc_points(c, 1.0, a_low, a_low - sweep, 16) - c
-            bowl = c + bowl * (r * (g.uniform(1.02, 1.12) + 0.04 * _wobble(g, 16, 3)))[:, None]
+            bowl = raster.arc_points(c, 1.0, a_low, a_low - sweep, 16) - c
+            bowl = c + bowl * (r * (g.uniform(1.02, 1.12) + 0.04 * raster.smooth_noise(g, 16, 3)))[:, None]
             _wavy_line(specular, shade, g, bowl[:, 0], bowl[:, 1], g.uniform(3.0, 9.0), mm(0.3), 0.0, points=bowl)
     # Ischium (a rounded bony cap) in a cloud of triradiate cartilage and fat below the joint.
     isc = scene.ischium * k
     isc_angle = math.degrees(math.atan2(u[1], u[0]))
-    h._ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
-    h._ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
+    raster.ellipse(diffuse, isc - 0.1 * r * n, (1.0 * r, 0.7 * r), isc_angle, 0.3)
+    raster.ellipse(diffuse, 0.5 * (isc + low) - 0.2 * r * n, (0.5 * r, 0.35 * r), isc_angle + 30, 0.22)
     size, squash, bright = g.uniform(0.2, 0.36), g.uniform(0.7, 0.95), g.uniform(0.6, 1.4)
-    dome = h._arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
+    dome = raster.arc_points(isc, size * r, 180.0 + isc_angle - 20, 360.0 + isc_angle + 20, 16)
     dome[:, 1] = isc[1] + (dome[:, 1] - isc[1]) * squash
-    dome += (0.04 * r * _wobble(g, len(dome), 3))[:, None] * n[None, :]
+    dome += (0.04 * r * raster.smooth_noise(g, len(dome), 3))[:, None] * n[None, :]
     cap_mask = np.zeros_like(specular)
     fluff = _blob_field(params.tissue_seed ^ 0x15C, npx, 48)
     # A ball: the cancellous bone fills the whole outline, fading toward the bottom (no flat floor).
     # Its outline is a lumpy, slightly lopsided oval (a noisy radius), not a drawn ellipse.
-    h._fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.16, lopsided=0.3, squash=squash), 1.0)
-    h._ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
+    raster.fill(cap_mask, _lumpy_outline(g, isc, 0.95 * size * r, 36, 0.16, lopsided=0.3, squash=squash), 1.0)
+    raster.ellipse(cap_mask, isc + 0.45 * size * r * n, (0.8 * size * r, 0.5 * size * r), isc_angle, 0.45)
     _add_blurred(specular, cap_mask, 0.08 * r, fluff, 0.8, 3.5 * bright)  # cancellous
     halo = np.zeros_like(specular)
-    h._ellipse(halo, isc + 0.35 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
+    raster.ellipse(halo, isc + 0.35 * r * n, (1.1 * r, 0.6 * r), isc_angle, 1.0)
     # Triradiate cartilage and fat round the ischium: a fluffy, coarse-grained cloud, not a smooth glow.
     _add_blurred(diffuse, halo, 0.2 * r, fluff, 0.9, g.uniform(0.08, 0.2))
     _bone_echo(specular, bone, g, dome, n, 20.0 * bright, 0.0, k, floor=0.5)
@@ -456,11 +444,11 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     sweep = (a_neck - a_low + 180.0) % 360.0 - 180.0
     if ((90.0 - a_low) * math.copysign(1.0, sweep)) % 360.0 > abs(sweep):  # the other way, round the bottom
         sweep -= math.copysign(360.0, sweep)
-    under_arc = h._arc_points(c, 1.06 * r, a_low, a_low + sweep, 16)
+    under_arc = raster.arc_points(c, 1.06 * r, a_low, a_low + sweep, 16)
     under = np.zeros_like(diffuse)
-    h._fill(under, np.vstack([under_arc, [[under_arc[-1, 0], npx * 1.1], [under_arc[0, 0], npx * 1.1]]]), 1.0)
+    raster.fill(under, np.vstack([under_arc, [[under_arc[-1, 0], npx * 1.1], [under_arc[0, 0], npx * 1.1]]]), 1.0)
     _add_blurred(diffuse, under, 0.12 * r, fluff, 0.7, g.uniform(0.4, 1.5) * float(muscle_level))
-    h._polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
+    raster.polyline(bone, np.stack([dome[0], dome[-1]]) + 0.9 * size * r * n, 0.3 * mu, mm(0.8))
     # Femoral neck / greater trochanter: the big bright arc on the right with a deep shadow below it.
     if defect != "no_chondro_osseous":
         facing = math.degrees(math.atan2(c[1] - mc[1], c[0] - mc[0]))
@@ -468,7 +456,7 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         # stays on the drawn surface), the top flattens, and the trochanter runs on to the right.
         angles = np.linspace(facing - g.uniform(0.0, 20.0), facing + 125.0, 28)
         away = np.clip(np.abs(angles - facing) / 60.0, 0.0, 1.0)
-        radius = mr * (1.0 + away * (0.07 * _wobble(g, len(angles), 5) + g.uniform(0.0, 0.12)))
+        radius = mr * (1.0 + away * (0.07 * raster.smooth_noise(g, len(angles), 5) + g.uniform(0.0, 0.12)))
         t = np.radians(angles)
         arc = np.stack([mc[0] + radius * np.cos(t), mc[1] + radius * np.sin(t)], axis=1)
         top_y = arc[:, 1].min()
@@ -491,12 +479,12 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
         middle = c + 0.1 * r * n
         pts = _lumpy_outline(g, middle, rn, 24, 0.15, width=2)
         nucleus = np.zeros_like(specular)
-        h._fill(nucleus, pts, 1.0)
+        raster.fill(nucleus, pts, 1.0)
         mottle = _blob_field(params.tissue_seed ^ 0x0551, npx, 40)
         _add_blurred(specular, nucleus, 0.15 * rn + 0.3, mottle, 0.8, g.uniform(1.5, 3.5))
         facing_probe = pts[:, 1] - middle[1] < -0.2 * np.hypot(*(pts - middle).T)
         _bone_echo(specular, bone, g, pts[facing_probe], n, g.uniform(3.0, 7.0), 0.0, k, floor=0.5, width=0.5)
-        h._fill(bone, pts, 0.08)
+        raster.fill(bone, pts, 0.08)
 
     diffuse *= np.float32(1.0) - cv2.GaussianBlur(shade, (0, 0), 0.3 * k)
     bone = cv2.GaussianBlur(bone, (0, 0), sigmaX=1.2 * k, sigmaY=0.2 * k)
@@ -508,33 +496,11 @@ def draw_scene(scene, params, npx: int, depth_mm: float, look) -> tuple[np.ndarr
     return diffuse, specular, bone
 
 
-def _drawn_window(mask: np.ndarray, reach: int) -> tuple[slice, slice]:
-    """(rows, cols) of the box round ``mask``'s non-zero pixels, grown by ``reach`` px and clipped to the
-    picture; the (blank) top-left pixel if nothing is drawn, so that callers need no special case (an empty
-    window would make ``cv2.exp`` return None). Per-frame layers drawn on a blank picture are added (and
-    blurred) only there."""
-    x, y, w, h = cv2.boundingRect((mask.view(np.int32) != 0).view(np.uint8))  # bits: float32 0 is all zero
-    if w == 0:
-        return slice(0, 1), slice(0, 1)
-    return (slice(max(0, y - reach), min(mask.shape[0], y + h + reach)),
-            slice(max(0, x - reach), min(mask.shape[1], x + w + reach)))
-
-
-def _blur_local(mask: np.ndarray, sigma: float) -> tuple[slice, slice]:
-    """Gaussian-blur ``mask`` in place where it is non-zero, grown by the kernel's reach, and return that
-    window (rows, cols). The pixels of a whole-picture blur to float rounding (the mask is zero elsewhere; the
-    rendered frames came out byte-identical over 120 seeded renders) for the layers drawn per frame that
-    cover part of the picture (ischium, ossific nucleus, the mass under the head), at a fraction of the cost."""
-    window = _drawn_window(mask, math.ceil(4.0 * sigma) + 2)
-    mask[window] = cv2.GaussianBlur(mask[window], (0, 0), sigma)
-    return window
-
-
 def _add_blurred(dst, mask, sigma, texture, contrast, level) -> None:
     """``dst += blur(mask) * exp(contrast * texture) * level``, computed only round what ``mask`` holds
-    (``_blur_local``): the per-frame blobs and masses (ischium, its cloud, the mass under the head, the
+    (``raster.blur_local``): the per-frame blobs and masses (ischium, its cloud, the mass under the head, the
     ossific nucleus) mottled by a per-hip texture field."""
-    win = _blur_local(mask, sigma)
+    win = raster.blur_local(mask, sigma)
     dst[win] += mask[win] * cv2.exp(texture[win] * np.float32(contrast)) * np.float32(level)
 
 
@@ -545,12 +511,10 @@ def _bone_blocks(diffuse, bone, polygons, levels, blobs, k, muscle_level) -> Non
     divided by the transmission through ``bone`` (the shadow map, already blurred) so that after
     ``acoustics.form_image`` attenuates it, it shows at the chosen level, between black (dense shadow, some
     scans) and a little brighter than muscle (most)."""
-    from sonogate.phantom import hip_us as h
-
     npx = diffuse.shape[0]
     mask = np.zeros_like(diffuse)
     for polygon, level in zip(polygons, levels):
-        h._fill(mask, polygon, level)
+        raster.fill(mask, polygon, level)
     mask = cv2.GaussianBlur(mask, (0, 0), 0.3 * k)
     top = np.argmax(mask > 0.5 * min(levels), axis=0).astype(np.float32)  # first bone row per column
     depth_below = np.maximum(np.arange(npx, dtype=np.float32)[:, None] - top[None, :], 0.0)
@@ -566,7 +530,7 @@ def _lumpy_outline(g, centre, radius, count, rough, width=3, lopsided=0.0, squas
     ``width`` points), bulging by up to ``lopsided`` on one random side, squashed vertically by ``squash``.
     Bony balls drawn as clean ellipses read as pasted in."""
     t = np.linspace(0.0, 2.0 * math.pi, count, endpoint=False)
-    lump = 1.0 + rough * _wobble(g, count, width)
+    lump = 1.0 + rough * raster.smooth_noise(g, count, width)
     if lopsided > 0:
         lump = lump + g.uniform(-lopsided, lopsided) * np.cos(t - g.uniform(0, 6.3))
     lump *= radius
@@ -596,34 +560,30 @@ def _wavy_line(specular, shade, g, xs, ys, level, thickness, belly, points=None,
     """A fascia-like reflector: brightness varying along it, short gaps, in a glow of ``haze`` x its
     brightness; ``belly`` > 0 marks the band just below it in ``shade`` (the share of the diffuse echo lost
     there: hypoechoic muscle under a fascia)."""
-    from sonogate.phantom import hip_us as h
-
     pts = points if points is not None else np.stack([xs, ys], axis=1)
     if len(pts) < 2:
         return
     m = len(pts) - 1
-    gaps = np.where(_wobble(g, m, 2) < -1.1, 0.12, 1.0)
+    gaps = np.where(raster.smooth_noise(g, m, 2) < -1.1, 0.12, 1.0)
     # Tapered ends: a fascia fades in and out of the plane instead of stopping bluntly.
     ramp = np.minimum(1.0, np.minimum(np.arange(m) + 0.5, m - 0.5 - np.arange(m)) / max(1.0, 0.2 * m))
-    values = level * gaps * ramp**1.5 * np.exp(0.6 * _wobble(g, m, 4))
-    h._segments(specular, pts, haze * values, 2.5 * thickness)  # beam-width glow
-    h._segments(specular, pts, values, thickness)
+    values = level * gaps * ramp**1.5 * np.exp(0.6 * raster.smooth_noise(g, m, 4))
+    raster.segments(specular, pts, haze * values, 2.5 * thickness)  # beam-width glow
+    raster.segments(specular, pts, values, thickness)
     if belly > 0:
-        h._polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
+        raster.polyline(shade, pts + np.array([0.0, 2.5 * thickness]), belly, 2.5 * thickness)
 
 
 def _band(img, top, into, values, thick) -> None:
     """A band hanging from the polyline ``top`` (n, 2) into ``into`` (n, 2 unit vectors), ``thick`` (n,) px
     deep, one value per segment: a bone echo has a sharp leading edge and a thickness that varies along it,
     which a constant-width line (symmetric about the surface) does not show."""
-    from sonogate.phantom import hip_us as h
-
-    bottom = h._fx(top + thick[:, None] * into).reshape(-1, 2)
-    upper = h._fx(top).reshape(-1, 2)
+    bottom = raster.fx(top + thick[:, None] * into).reshape(-1, 2)
+    upper = raster.fx(top).reshape(-1, 2)
     quads = np.stack([upper[:-1], upper[1:], bottom[1:], bottom[:-1]], axis=1)  # one per segment
     fill = cv2.fillConvexPoly
     for quad, value in zip(quads, np.asarray(values, dtype=np.float64).tolist()):
-        fill(img, quad, value, cv2.LINE_8, h._SHIFT)
+        fill(img, quad, value, cv2.LINE_8, raster.SHIFT)
 
 
 def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0, trail_mm=0.0, fade=0.0,
@@ -633,32 +593,31 @@ def _bone_echo(specular, bone, g, pts, into, peak, mu, k, floor=0.25, width=1.0,
     ``width`` scales the echo's thickness (it differs from hip to hip); ``trail_mm`` > 0 adds a soft echo
     trailing that far into the bone (a thick surface echo with a sharp top and a fading lower edge, as the
     infant ilium shows); ``fade`` dims the echo by that share from the first point to the last."""
-    from sonogate.phantom import hip_us as h
-
-    pts = h._resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
+    pts = raster.resample(np.asarray(pts, dtype=np.float64), max(1.5, 0.5 * k))
     into = np.broadcast_to(np.asarray(into, dtype=np.float64), pts.shape) if np.ndim(into) == 1 else \
         np.array([np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, len(into)), into[:, i]) for i in (0, 1)]).T
     # Real bone echoes are uneven: the surface is a little jagged, the echo waxes, wanes and breaks off
     # (speckle, periosteum, the beam's incidence), and its thickness varies along it.
-    pts = pts + (0.12 * k * _wobble(g, len(pts), 3))[:, None] * into
+    pts = pts + (0.12 * k * raster.smooth_noise(g, len(pts), 3))[:, None] * into
     d = np.diff(pts, axis=0)
     seg_len = np.hypot(d[:, 0], d[:, 1])
     cos_i = np.abs(d[:, 0]) / np.maximum(seg_len, 1e-9)
-    breaks = np.where(_wobble(g, len(d), 3) < -1.2, 0.2, 1.0)
-    values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.55 * _wobble(g, len(d), 6)) * breaks
+    breaks = np.where(raster.smooth_noise(g, len(d), 3) < -1.2, 0.2, 1.0)
+    values = peak * (floor + (1.0 - floor) * cos_i**2) * np.exp(0.55 * raster.smooth_noise(g, len(d), 6)) * breaks
     if fade > 0:
         values = values * (1.0 - fade * np.linspace(0.0, 1.0, len(values)))
     # A sharp-topped core band, ``knob`` times thicker at the first point (the rim), tapering over 3 mm, in a
     # beam-width glow that follows its thickness.
     along = np.concatenate([[0.0], np.cumsum(seg_len)])
-    thick = max(1.0, 0.4 * k * width) * (1.0 + knob * np.exp(-along / (3.0 * k))) * np.exp(0.3 * _wobble(g, len(pts), 5))
+    thick = (max(1.0, 0.4 * k * width) * (1.0 + knob * np.exp(-along / (3.0 * k)))
+             * np.exp(0.3 * raster.smooth_noise(g, len(pts), 5)))
     _band(specular, pts - 0.3 * k * width * into, into, 0.2 * values, thick + 0.8 * k * width)
     _band(specular, pts, into, values, thick)
-    h._segments(specular, pts + 0.7 * k * width * into, 0.25 * values, max(1.0, 0.5 * k * width))  # tail inside
+    raster.segments(specular, pts + 0.7 * k * width * into, 0.25 * values, max(1.0, 0.5 * k * width))  # tail inside
     for step in range(1, round(trail_mm / 0.4) + 1):  # the soft trail, fading with depth
         depth = 0.4 * step
-        h._segments(specular, pts + (0.5 + depth) * k * into, values * (0.22 * (1.0 - depth / (trail_mm + 0.4))),
+        raster.segments(specular, pts + (0.5 + depth) * k * into, values * (0.22 * (1.0 - depth / (trail_mm + 0.4))),
                     max(1.0, 0.5 * k))
     if mu > 0:
         # The shadow starts under the core (deeper at a thick rim: the knob must show, not be shadowed).
-        h._polyline(bone, pts + (1.1 * k + thick[:, None] - thick.min()) * into, mu, max(1.0, 0.8 * k))
+        raster.polyline(bone, pts + (1.1 * k + thick[:, None] - thick.min()) * into, mu, max(1.0, 0.8 * k))

@@ -5,7 +5,8 @@ Layout: ``out_dir/images/<name>.png`` plus ``out_dir/labels.csv`` (column ``imag
 
 Ultrasound (``write_us_dataset``): one row per frame. Each infant has a right and a left hip; each hip is
 one sweep of ``frames_per_sweep`` frames sharing hip-level truth. Frame-level columns are the exact
-geometry of the drawn frame; hip-level columns are the hip's standard-plane truth.
+geometry of the drawn frame; hip-level columns are the hip's standard-plane truth. ``orientation`` is the
+display orientation of the image (``orientations`` option: drawn per frame; default: the device's convention).
 
 X-ray (``write_xr_dataset``): one image per pelvis, two rows per image (one per hip, ``side`` R / L), each
 row with its own AI / CE / IHDI and every landmark of the pelvis.
@@ -26,7 +27,15 @@ import numpy as np
 from sonogate.errors import SonogateError
 from sonogate.phantom.chrome import make_chrome
 from sonogate.phantom.devices import TRAIN_DEVICES, get_device
-from sonogate.phantom.hip_us import ALL_DEFECTS, DEFECTS, LANDMARK_NAMES, render_us_frame, sample_hip_params
+from sonogate.phantom.hip_us import (
+    ALL_DEFECTS,
+    DEFECTS,
+    LANDMARK_NAMES,
+    PROBE_SIDE,
+    check_orientation,
+    render_us_frame,
+    sample_hip_params,
+)
 from sonogate.phantom.realistic import check_style
 from sonogate.phantom.xray import XR_LANDMARK_NAMES, render_xr_frame, sample_xr_params
 
@@ -89,6 +98,7 @@ def write_us_dataset(
     progress: bool = True,
     defects: Sequence[str] = DEFECTS,
     style: str = "schematic",
+    orientations: Sequence[str] | None = None,
 ) -> Path:
     """Write ``n`` phantom ultrasound frames and their labels.
 
@@ -98,7 +108,12 @@ def write_us_dataset(
     uniformly); ``chrome`` save the whole scanner screen (landmarks then in screen pixels, ROI columns give
     the image rectangle) instead of the image alone; ``style`` ``"schematic"`` (default: the look the
     committed bundle was trained on) or ``"realistic"`` (layered soft tissue, thick bone echoes, finer
-    speckle; same labels for the same seed; not recorded in labels.csv). Output: ``out_dir``.
+    speckle; same labels for the same seed; not recorded in labels.csv); ``orientations`` display orientations
+    (``hip_us.ORIENTATIONS``: "horizontal", "graf", "graf_mirrored"), one drawn per frame, uniformly, from its
+    own random stream seeded by ``seed``, so every frame is the default dataset's frame shown that way (landmarks
+    moved with it; the chrome's depth ruler lies along the displayed depth axis) and the ``orientation``
+    column names it; None (default) keeps each device's convention ("horizontal", or "vertical" on device C,
+    the same picture as "graf") and the files exactly as before the option existed. Output: ``out_dir``.
 
     Standard frames are drawn at a plane offset within +-0.3 (alpha moves about +-1 deg, as the plane
     position does on real scans) with sub-millimetre probe jitter; ``patient_id`` is unique per seed, so
@@ -118,7 +133,13 @@ def write_us_dataset(
             raise SonogateError(f"unknown defect {defect!r}")
     if float(standard_fraction) < 1.0 and not defects:
         raise SonogateError("standard_fraction < 1 needs at least one defect")
+    if orientations is not None:
+        orientations = tuple(check_orientation(str(name)) for name in orientations)
+        if not orientations:
+            raise SonogateError("no display orientation given")
     rng = np.random.default_rng(seed)
+    # Its own stream, so the frames are those of the default dataset, only shown another way.
+    orientation_rng = np.random.default_rng([seed, 23])
 
     def rows() -> Iterable[dict]:
         written = 0
@@ -129,19 +150,29 @@ def write_us_dataset(
             for side in ("R", "L"):
                 hip = sample_hip_params(rng)
                 sweep_id = f"{patient_id}-{side}"
-                # One screen layout per sweep: the cart does not move its chrome between frames.
-                layout = make_chrome(np.random.default_rng([seed, infant, 1 if side == "R" else 2]), (size, size),
-                                     depth_mm=device.depth_mm, side=side) if chrome else None
+                # One screen layout per sweep: the cart does not move its chrome between frames (only the
+                # ruler moves under the image when a frame is shown rotated).
+                layouts = {}
                 for j in range(frames_per_sweep):
                     if written >= n:
                         return
+                    orientation = None
+                    if orientations is not None:
+                        orientation = orientations[int(orientation_rng.integers(len(orientations)))]
+                    probe_side = "top" if orientation is None else PROBE_SIDE[orientation]
+                    if chrome and probe_side not in layouts:
+                        layouts[probe_side] = make_chrome(
+                            np.random.default_rng([seed, infant, 1 if side == "R" else 2]), (size, size),
+                            depth_mm=device.depth_mm, side=side, probe_side=probe_side)
+                    layout = layouts.get(probe_side)
                     standard = rng.random() < standard_fraction
                     defect = "" if standard else str(defects[int(rng.integers(len(defects)))])
                     offset = float(rng.uniform(-0.3, 0.3)) if defect in ("", "tilt", "no_labrum", "no_lower_limb",
                                                                            "no_chondro_osseous", "poor_capsule") else 0.0
                     shift = (float(rng.normal(0, 0.6)), float(rng.normal(0, 0.4)))
                     frame = render_us_frame(hip, rng, device, size, defect, offset, probe_shift_mm=shift,
-                                            probe_rot_deg=float(rng.normal(0, 1.0)), style=style)
+                                            probe_rot_deg=float(rng.normal(0, 1.0)), style=style,
+                                            orientation=orientation)
                     name = f"{sweep_id}-f{j:03d}.png"
                     landmarks = frame.landmarks
                     roi = (0, 0, size, size)
@@ -158,7 +189,7 @@ def write_us_dataset(
                         "coverage_pct": frame.coverage_pct, "hip_alpha_deg": hip.alpha_deg,
                         "hip_beta_deg": hip.beta_deg, "hip_coverage_pct": hip.coverage_pct,
                         "standard_plane": frame.standard_plane, "defect": frame.defect, "device": device.name,
-                        "orientation": device.orientation, "plane_offset": frame.plane_offset,
+                        "orientation": frame.orientation, "plane_offset": frame.plane_offset,
                         "graf_type": hip.graf_type(), "age_weeks": hip.age_weeks,
                         "roi_x": roi[0], "roi_y": roi[1], "roi_w": roi[2], "roi_h": roi[3],
                     }

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from sonogate.errors import SonogateError
+from sonogate.phantom.raster import ONE, SHIFT, fx
 
 SEVERITIES = ("normal", "dysplastic", "subluxated", "dislocated")
 XR_LANDMARK_NAMES = (
@@ -250,14 +251,6 @@ def measure_xr_from_landmarks(landmarks: Mapping[str, tuple[float, float]]) -> d
 # ----------------------------------------------------------------------------------------------------------
 # Drawing
 
-_SHIFT = 4
-_ONE = 1 << _SHIFT
-
-
-def _fx(points) -> np.ndarray:
-    return np.round(np.asarray(points, np.float64) * _ONE).astype(np.int32).reshape(-1, 1, 2)
-
-
 def _smooth_closed(points: np.ndarray, iterations: int = 2) -> np.ndarray:
     """Chaikin corner cutting: rounded outline from a coarse polygon."""
     pts = np.asarray(points, float)
@@ -270,9 +263,9 @@ def _smooth_closed(points: np.ndarray, iterations: int = 2) -> np.ndarray:
 def _add_shape(density: np.ndarray, pts: np.ndarray, fill: float, rim: float, rim_px: float, scratch: np.ndarray) -> None:
     """Add a filled bony outline (trabecular fill plus a denser cortical rim) to ``density``."""
     scratch[:] = 0
-    cv2.fillPoly(scratch, [_fx(pts)], float(fill), cv2.LINE_8, _SHIFT)
+    cv2.fillPoly(scratch, [fx(pts)], float(fill), cv2.LINE_8, SHIFT)
     if rim > 0:
-        cv2.polylines(scratch, [_fx(pts)], True, float(fill + rim), max(1, round(rim_px)), cv2.LINE_8, _SHIFT)
+        cv2.polylines(scratch, [fx(pts)], True, float(fill + rim), max(1, round(rim_px)), cv2.LINE_8, SHIFT)
     density += scratch
 
 
@@ -318,12 +311,12 @@ def render_xr_frame(params: XrParams, rng: np.random.Generator, size: int = 256)
         # The ilium thickens toward the acetabulum (the "teardrop" region is denser than the wing).
         scratch[:] = 0
         body_c = (tri + edge) / 2 + up * 0.06 * S
-        cv2.ellipse(scratch, tuple(round(v * _ONE) for v in body_c), (int(0.07 * S * _ONE), int(0.05 * S * _ONE)),
-                    0, 0, 360, 0.14, -1, cv2.LINE_8, _SHIFT)
+        cv2.ellipse(scratch, tuple(round(v * ONE) for v in body_c), (int(0.07 * S * ONE), int(0.05 * S * ONE)),
+                    0, 0, 360, 0.14, -1, cv2.LINE_8, SHIFT)
         bone += cv2.GaussianBlur(scratch, (0, 0), 0.02 * S)
         # Acetabular roof (sourcil): dense line triradiate -> edge, slightly concave.
         roof = np.array([tri + up * 0.004 * S, (tri + edge) / 2 + up * 0.01 * S, edge])
-        cv2.polylines(bone, [_fx(roof)], False, 0.55, max(1, round(0.01 * S)), cv2.LINE_8, _SHIFT)
+        cv2.polylines(bone, [fx(roof)], False, 0.55, max(1, round(0.01 * S)), cv2.LINE_8, SHIFT)
         # Ischium and pubis around the obturator foramen; the gap at the triradiate point is cartilage.
         isch = np.array([tri - up * 0.018 * S + lat * 0.02 * S, at(0.27, -0.06, lat), at(0.25, -0.17, lat),
                          at(0.2, -0.22, lat), at(0.13, -0.215, lat), at(0.035, -0.17, lat), at(0.02, -0.13, lat),
@@ -331,10 +324,10 @@ def render_xr_frame(params: XrParams, rng: np.random.Generator, size: int = 256)
         _add_shape(bone, _smooth_closed(isch, 2), 0.28, 0.16, 0.009 * S, scratch)
         foramen = at(0.135, -0.135, lat)
         scratch[:] = 0
-        cv2.ellipse(scratch, tuple(round(v * _ONE) for v in foramen),
-                    (int(0.062 * scale * S * _ONE), int(0.045 * scale * S * _ONE)),
+        cv2.ellipse(scratch, tuple(round(v * ONE) for v in foramen),
+                    (int(0.062 * scale * S * ONE), int(0.045 * scale * S * ONE)),
                     math.degrees(math.atan2(lat[1], lat[0])) + float(tex.normal(0, 8)), 0, 360, 0.28, -1,
-                    cv2.LINE_8, _SHIFT)
+                    cv2.LINE_8, SHIFT)
         bone -= scratch
         # Proximal femur: flat-topped metaphysis at the H-point, shaft down toward the knee (slightly medial).
         hp = geo[f"h_point_{side}"]
@@ -347,23 +340,23 @@ def render_xr_frame(params: XrParams, rng: np.random.Generator, size: int = 256)
                           hp - lat * half * 0.75 - up * 0.05 * S])
         _add_shape(bone, _smooth_closed(femur, 1), 0.26, 0.26, 0.012 * S, scratch)
         if hip.nucleus > 0:
-            cv2.circle(bone, tuple(round(v * _ONE) for v in geo[f"head_center_{side}"]),
-                       round(hip.nucleus * S * _ONE), 0.45, -1, cv2.LINE_8, _SHIFT)
+            cv2.circle(bone, tuple(round(v * ONE) for v in geo[f"head_center_{side}"]),
+                       round(hip.nucleus * S * ONE), 0.45, -1, cv2.LINE_8, SHIFT)
     # Sacrum (with darker foramina) and the lowest lumbar vertebrae in the midline.
     sacrum = np.array([at(-0.1, 0.33, h), at(0.1, 0.33, h), at(0.035, 0.09, h), at(-0.035, 0.09, h)])
     _add_shape(bone, _smooth_closed(sacrum, 2), 0.3, 0.08, 0.006 * S, scratch)
     for i in range(4):
         for sgn in (-1, 1):
             centre = at(sgn * (0.05 - 0.008 * i), 0.29 - 0.055 * i, h)
-            cv2.circle(bone, tuple(round(v * _ONE) for v in centre), int(0.011 * S * _ONE), 0.1, -1,
-                       cv2.LINE_8, _SHIFT)
+            cv2.circle(bone, tuple(round(v * ONE) for v in centre), int(0.011 * S * ONE), 0.1, -1,
+                       cv2.LINE_8, SHIFT)
     for i in range(3):
         b0 = 0.36 + 0.105 * i
         vertebra = np.array([at(-0.075, b0, h), at(0.075, b0, h), at(0.08, b0 + 0.08, h), at(-0.08, b0 + 0.08, h)])
         _add_shape(bone, _smooth_closed(vertebra, 1), 0.32, 0.18, 0.007 * S, scratch)
         for sgn in (-1, 1):  # pedicles
-            cv2.ellipse(bone, tuple(round(v * _ONE) for v in at(sgn * 0.05, b0 + 0.05, h)),
-                        (int(0.012 * S * _ONE), int(0.018 * S * _ONE)), 0, 0, 360, 0.15, -1, cv2.LINE_8, _SHIFT)
+            cv2.ellipse(bone, tuple(round(v * ONE) for v in at(sgn * 0.05, b0 + 0.05, h)),
+                        (int(0.012 * S * ONE), int(0.018 * S * ONE)), 0, 0, 360, 0.15, -1, cv2.LINE_8, SHIFT)
     # Trabecular texture on bone, then a little unsharpness of the bony edges.
     grain = cv2.GaussianBlur(tex.random((size, size), dtype=np.float32) - 0.5, (0, 0), 0.005 * S + 0.6)
     bone *= 1.0 + 3.0 * grain
@@ -374,9 +367,9 @@ def render_xr_frame(params: XrParams, rng: np.random.Generator, size: int = 256)
         centre = mid + up * tex.uniform(0.0, 0.55) * S + h * tex.normal(0, 0.13) * S
         big = tex.random() < 0.15
         scale_b = 2.5 if big else 1.0
-        axes = (int(tex.uniform(0.008, 0.02) * scale_b * S * _ONE), int(tex.uniform(0.006, 0.016) * scale_b * S * _ONE))
-        cv2.ellipse(scratch, tuple(round(v * _ONE) for v in centre), axes, float(tex.uniform(0, 180)), 0, 360,
-                    float(tex.uniform(0.04, 0.1)), -1, cv2.LINE_8, _SHIFT)
+        axes = (int(tex.uniform(0.008, 0.02) * scale_b * S * ONE), int(tex.uniform(0.006, 0.016) * scale_b * S * ONE))
+        cv2.ellipse(scratch, tuple(round(v * ONE) for v in centre), axes, float(tex.uniform(0, 180)), 0, 360,
+                    float(tex.uniform(0.04, 0.1)), -1, cv2.LINE_8, SHIFT)
     density -= cv2.GaussianBlur(scratch, (0, 0), 0.005 * S + 0.5)
     # Soft-tissue variation: the perineum between the thighs and the flanks are thinner.
     relx = ((np.arange(size, dtype=np.float32) + 0.5) / np.float32(S) - params.center_x) / 0.5

@@ -1,24 +1,32 @@
-"""Batch analysis of stored studies: DICOM files in; JSON, a DICOM SR, a DICOM SC and one CSV row per input out.
+"""Batch analysis of stored studies, any task's bundle: DICOM (or video / image) files in; JSON, a DICOM SR, a
+DICOM SC and one CSV row per case out.
 
     from sonogate.runtime.analyze import AnalyzeOptions, analyze
     summary = analyze(["studies/"], AnalyzeOptions(bundle="demo/bundle", out="out/analysis"))
     summary.exit_code        # 0, or 2 when any input failed
 
-Per input (``sonogate analyze FILE_OR_FOLDER --bundle B [--xr-bundle XB] --out DIR``):
+Per input (``sonogate analyze FILE_OR_FOLDER --bundle B [--xr-bundle XB] --out DIR``), one code path: the bundle's
+model comes from ``create_model`` (``sonogate.runtime.model_api``) and the input goes to the model that takes its
+kind of image (the task's modality: ultrasound or radiograph); ``--bundle`` may be any task's bundle, and
+``--xr-bundle`` adds a radiograph model beside an ultrasound one.
 
-* ultrasound (single frame or cine): every frame, in order, through one ``Session`` that is reset for each
-  file (state, ROI tracker, frame counter); frames are timed at the file's Frame Time (30 fps when it has
-  none), so the result is what the live runtime would show at the end of the replayed cine. The per-sweep
-  result is the last event's aggregated measurements, bounds, Graf type and recommendation, with the count of
-  usable frames (model ran, in distribution, standard-plane probability >= the calibration's quality threshold).
-  The ROI is the file's Ultrasound Region when it lies inside the image, else the runtime's detection.
-* radiograph (CR/DX): with ``--xr-bundle``, acetabular index and centre-edge angle per hip with their bounds
-  (``XrayModel``); without one, or when it cannot be loaded, the output says "no X-ray model" and carries no
-  numbers.
+* a task decided over a window of frames (decision unit "frame_window", the ultrasound cine): every frame, in
+  order, through one ``Session`` that is reset for each file (state, ROI tracker, frame counter); frames are
+  timed at the file's Frame Time (30 fps when it has none; a video's own frame rate), so the result is what the
+  live runtime would show at the end of the replayed cine. The per-sweep result is the last event's aggregated
+  measurements, bounds, Graf type and recommendation, with the count of usable frames (model ran, in
+  distribution, standard-plane probability >= the calibration's quality threshold). The ROI is the file's
+  Ultrasound Region when it lies inside the image, else the runtime's detection.
+* a task decided per image (e.g. the pelvic radiograph): the model's ``analyze(frame, image, notes)`` gives the
+  result (for hip_xr: acetabular index and centre-edge angle per hip with their bounds, IHDI and verdict); its
+  ``report_groups`` and ``annotate`` give the SR groups and the SC. A radiograph without a radiograph model is
+  reported as "no X-ray model" with no numbers.
 * outputs in DIR: ``<name>.json`` (no patient data), ``<name>.sr.dcm`` (TID 1500 measurement report),
-  ``<name>.sc.dcm`` (secondary capture of the annotated frame), and ``analysis.csv`` with one row per input.
-  A file that fails is reported on stderr in one line and in the CSV with its error; the batch goes on; the
-  exit code is 2 when any input failed.
+  ``<name>.sc.dcm`` (secondary capture of the annotated frame; DICOM inputs only), and ``analysis.csv`` with one
+  row per input: ``input`` first, then the tasks' ``analyze_columns`` (manifest v2, or the task spec), bounds and
+  decision. When every column of the tasks in use is one of the two original tasks' columns (hip_us, hip_xr) the
+  CSV keeps its original layout (``CSV_COLUMNS``). A file that fails is reported on stderr in one line and in the
+  CSV with its error; the batch goes on; the exit code is 2 when any input failed.
 
 Privacy: JSON, CSV and messages carry file names, UIDs of the objects, measurements and tag problems - never
 patient names, IDs or birth dates (those are copied only into the SR / SC for PACS linkage).
@@ -43,8 +51,11 @@ from sonogate import __version__
 from sonogate.data.dicom import DicomImage, is_dicom_file, read_dicom
 from sonogate.errors import DataError, SonogateError
 from sonogate.measurements import US_MEASUREMENTS, XR_MEASUREMENTS
+from sonogate.runtime.model_api import IMAGE_KINDS, Model, described_manifest, load_image_model
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NO_XRAY_MODEL = "no X-ray model"
 HIPS = ("right", "left")
 _DEFAULT_FRAME_TIME_MS = 1000.0 / 30.0
@@ -77,8 +88,8 @@ class AnalyzeSummary:
 
 # -- inputs ---------------------------------------------------------------------------------------------------
 def find_inputs(targets: Iterable[str | Path], exclude: Path | None = None) -> list[tuple[Path, str]]:
-    """(path, output stem) per DICOM file: a file as given, or every ``*.dcm``/``*.dicom`` file (and suffix-less
-    file with the DICM marker) under a folder, sorted. Stems are unique: sub-folders join with "__".
+    """(path, output stem) per input file: a file as given (DICOM, or a video / image file), or every
+    ``*.dcm``/``*.dicom`` file (and suffix-less file with the DICM marker) under a folder, sorted. Stems are unique: sub-folders join with "__".
     Raises DataError when a target does not exist or a folder holds no DICOM file."""
     found: list[tuple[Path, str]] = []
     used: set[str] = set()
@@ -86,7 +97,9 @@ def find_inputs(targets: Iterable[str | Path], exclude: Path | None = None) -> l
     for target in targets:
         target = Path(target)
         if target.is_file():
-            candidates = [(target, _strip_suffix(target.name))]
+            suffix = target.suffix.lower()
+            stem = target.stem if suffix in VIDEO_SUFFIXES + IMAGE_SUFFIXES else _strip_suffix(target.name)
+            candidates = [(target, stem)]
         elif target.is_dir():
             candidates = []
             for path in sorted(p for p in target.rglob("*") if p.is_file()):
@@ -118,149 +131,157 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
-# -- X-ray model ----------------------------------------------------------------------------------------------
-class XrayModel:
-    """The X-ray bundle with its optional calibration.json (``ai_deg`` side "upper", ``ce_deg`` side "lower")
-    bound to it.
+def find_cases(targets: Iterable[str | Path], views: tuple[str, ...],
+               exclude: Path | None = None) -> list[tuple[dict[str, Path], str]]:
+    """Cases of a task with several image inputs (e.g. a radiograph pair "ap", "lat"): (view -> file, output
+    stem) per case folder. A target folder whose files name the views is one case; otherwise each of its
+    sub-folders that does is one. A file names a view when its stem (case-insensitive) is the view or ends with
+    "_<view>" (``ap.dcm``, ``case7_lat.png``); a case must have exactly one file per view. Raises DataError when a
+    target does not exist or holds no complete case."""
+    exclude = exclude.resolve() if exclude is not None else None
+    wanted = tuple(v.lower() for v in views)
 
-    Two bundle contracts (docs/xray.md):
+    def view_files(folder: Path) -> dict[str, list[Path]]:
+        found: dict[str, list[Path]] = {}
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            suffix = path.suffix.lower()
+            if suffix not in DICOM_SUFFIXES + IMAGE_SUFFIXES and not (not suffix and is_dicom_file(path)):
+                continue
+            stem = (path.stem if suffix else path.name).lower()
+            for view in wanted:
+                if stem == view or stem.endswith(f"_{view}"):
+                    found.setdefault(view, []).append(path)
+        return found
 
-    * whole pelvis (``xr_contract`` "whole_pelvis", what ``sonogate export`` writes for an X-ray run): the whole
-      radiograph is letterboxed into the model, which measures both hips at once (Hilgenreiner's line through
-      both triradiate cartilages) and also returns IHDI scores and 8 landmarks. When Patient Orientation's row
-      direction is "R" (the patient's right on the image's right) the whole image is mirrored first and the
-      landmarks are mapped back.
-    * one hip (older bundles whose ``measurements`` are ``ai_deg``, ``ce_deg``): the radiograph is split at the
-      vertical midline; each half, the patient's left one mirrored, goes through the model.
-
-    Which side is the patient's right comes from Patient Orientation (row direction "L" or absent: radiographic
-    convention, the patient's right on the image's left; "R": swapped). ``measure`` returns per hip
-    ``ai_deg`` / ``ce_deg`` {value, lower_bound, upper_bound} (calibrated), ``verdict`` {value, reason} and, for
-    whole-pelvis bundles, ``raw`` (model output before calibration), ``ihdi`` {grade, source} and ``landmarks``
-    (name -> [x, y] pixels of the given image; landmark head only).
-    """
-
-    def __init__(self, bundle_path: str | Path, device: str = "auto", threads: int = 1):
-        from sonogate.calibration.calfile import load_calibration
-        from sonogate.errors import BundleError
-        from sonogate.core.bundle import load_bundle, sha256_file
-        from sonogate.runtime.xr import XR_THRESHOLDS, XrPredictor, is_whole_pelvis
-
-        self.bundle = load_bundle(bundle_path)
-        names = self.bundle.measurement_names
-        self.whole_pelvis = is_whole_pelvis(self.bundle)
-        if self.whole_pelvis:
-            self.predictor = XrPredictor(self.bundle, device=device, threads=threads)
-            self.backend, self.device_note = self.predictor.backend, self.predictor.device_note
-            source = self.bundle.manifest.get("outputs", {}).get("ihdi_logits", {}).get("source")
-            self.ihdi_source = source if source in ("geometry", "class_head") else "model"
-        else:
-            from sonogate.device.compute import create_backend
-            from sonogate.runtime.engine import choose_variant
-            from sonogate.runtime.preprocess import Preprocessor
-
-            if not {"ai_deg", "ce_deg"} <= set(names):
-                raise BundleError(f"X-ray bundle {bundle_path} outputs {', '.join(names)}, not ai_deg and ce_deg")
-            self.backend, self.device_note = create_backend(
-                self.bundle.model_path(choose_variant(self.bundle, "auto")), device=device, threads=threads)
-            self.preprocessor = Preprocessor(self.bundle.preprocessing)
-            self.ihdi_source = None
-        self.names = names
-        path = self.bundle.calibration_path
-        self.calibration = load_calibration(path, bundle_hash=self.bundle.bundle_hash) if path.exists() else None
-        self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
-        self.thresholds = dict(XR_THRESHOLDS)
-        if self.calibration is not None:
-            self.thresholds.update({k: float(v) for k, v in self.calibration.thresholds.items() if k in XR_THRESHOLDS})
-
-    @property
-    def device_name(self) -> str:
-        return self.backend.name
-
-    def algorithm(self):
-        from sonogate.runtime.dicom_report import AlgorithmInfo
-
-        return AlgorithmInfo(bundle_sha256=self.bundle.bundle_hash, calibration_sha256=self.calibration_sha256,
-                             device=self.device_name, task=self.bundle.task or "hip_xr",
-                             delta=None if self.calibration is None else float(self.calibration.delta))
-
-    def _bounded(self, name: str, value: float) -> dict[str, float | None]:
-        """{value, lower_bound, upper_bound} of one raw prediction after the calibration (None = absent)."""
-        entry: dict[str, float | None] = {"value": None, "lower_bound": None, "upper_bound": None}
-        if math.isfinite(value):
-            cal = None if self.calibration is None else self.calibration.measurements.get(name)
-            if cal is None:
-                entry["value"] = _round(value)
-            else:
-                entry["value"] = _round(cal.corrected(value))
-                entry["lower_bound" if cal.side == "lower" else "upper_bound"] = _round(cal.bound(value))
-        return entry
-
-    def measure_hip(self, crop_bgr: np.ndarray) -> dict[str, dict[str, float | None]]:
-        """One-hip bundles: AI and CE of one (right-facing) hip crop."""
-        tensor = self.preprocessor(crop_bgr, None)
-        outputs = self.backend.infer(tensor)
-        raw = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)
-        return {name: self._bounded(name, float(value)) for name, value in zip(self.names, raw)
-                if name in ("ai_deg", "ce_deg")}
-
-    def _verdict(self, hip: dict) -> None:
-        from sonogate.runtime.xr import hip_verdict
-
-        ai = (hip.get("ai_deg") or {}).get("upper_bound")
-        ce = (hip.get("ce_deg") or {}).get("lower_bound")
-        values = {m: (hip.get(m) or {}).get("value") for m in ("ai_deg", "ce_deg")}
-        value, reason = hip_verdict(ai, ce, (hip.get("ihdi") or {}).get("grade"), self.thresholds, values)
-        hip["verdict"] = {"value": value, "reason": reason}
-
-    def measure(self, frame_bgr: np.ndarray, image: DicomImage | None, notes: list[str]) -> dict[str, dict]:
-        row_direction = ((image.patient_orientation if image is not None else None) or ("",))[0][:1]
-        swapped = row_direction == "R"  # rows run toward the patient's right: the image's left is the patient's left
-        if not swapped and row_direction != "L":
-            notes.append("no Patient Orientation: assumed the radiographic convention (patient's right on the "
-                         "image's left)")
-        if not self.whole_pelvis:
-            width = frame_bgr.shape[1]
-            half = width // 2
-            left_half, right_half = frame_bgr[:, :half], frame_bgr[:, width - half:]
-            patient_right, patient_left = (right_half, left_half) if swapped else (left_half, right_half)
-            hips = {"right": self.measure_hip(np.ascontiguousarray(patient_right)),
-                    "left": self.measure_hip(np.ascontiguousarray(patient_left[:, ::-1]))}
-        else:
-            from sonogate.runtime.xr import mirror_points
-
-            view = np.ascontiguousarray(frame_bgr[:, ::-1]) if swapped else frame_bgr
-            pred = self.predictor.predict(view)
-            hips = {}
-            for side in HIPS:
-                hips[side] = {m: self._bounded(m, pred.values[f"{m}_{side}"]) for m in ("ai_deg", "ce_deg")}
-                hips[side]["raw"] = {m: _round(pred.values[f"{m}_{side}"]) for m in ("ai_deg", "ce_deg")}
-                hips[side]["ihdi"] = {"grade": pred.ihdi_grade(side), "source": self.ihdi_source}
-                if pred.landmarks:
-                    suffix = f"_{side[0]}"
-                    points = {n[: -len(suffix)]: p for n, p in pred.landmarks.items() if n.endswith(suffix)}
-                    xy = np.array(list(points.values()), dtype=np.float64).reshape(-1, 2)
-                    if swapped:
-                        xy = mirror_points(xy, frame_bgr.shape[1])
-                    hips[side]["landmarks"] = {n: [round(float(x), 2), round(float(y), 2)]
-                                               for n, (x, y) in zip(points, xy)}
-        for hip in hips.values():
-            self._verdict(hip)
-        return hips
+    cases: list[tuple[dict[str, Path], str]] = []
+    used: set[str] = set()
+    for target in targets:
+        target = Path(target)
+        if not target.is_dir():
+            raise DataError(f"a case of views {', '.join(views)} is a folder; not found: {target}")
+        folders = [target] + sorted(p for p in target.rglob("*") if p.is_dir())
+        for folder in folders:
+            if exclude is not None and (exclude == folder.resolve() or exclude in folder.resolve().parents):
+                continue
+            found = view_files(folder)
+            if not found:
+                continue
+            doubled = [v for v, paths in found.items() if len(paths) > 1]
+            missing = [v for v in wanted if v not in found]
+            if doubled or missing:
+                raise DataError(f"case folder {folder}: " + "; ".join(
+                    ([f"several files for view(s) {', '.join(doubled)}"] if doubled else [])
+                    + ([f"no file for view(s) {', '.join(missing)}"] if missing else [])))
+            stem = "__".join(folder.relative_to(target).parts) or target.name
+            unique, n = stem, 2
+            while unique in used:
+                unique, n = f"{stem}-{n}", n + 1
+            used.add(unique)
+            cases.append(({view: found[view.lower()][0] for view in views}, unique))
+    if not cases:
+        raise DataError(f"no case folder with one file per view ({', '.join(views)}) in "
+                        f"{', '.join(str(t) for t in targets)}")
+    return cases
 
 
-def _round(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return round(float(value), 3)
+def case_views(bundle_path: str | Path) -> tuple[str, ...]:
+    """The views (else input names) of a per-image task with several image inputs; () for any other bundle
+    (and for one that cannot be read: loading the models reports that)."""
+    from sonogate.core.bundle import load_bundle
+
+    try:
+        manifest = described_manifest(load_bundle(bundle_path, verify=False))
+    except SonogateError:
+        return ()
+    if (manifest.get("decision") or {}).get("unit") == "frame_window":
+        return ()
+    inputs = [entry for entry in manifest.get("inputs") or () if entry.get("kind", "image") == "image"]
+    if len(inputs) < 2:
+        return ()
+    return tuple(str(entry.get("view") or entry["name"]) for entry in inputs)
+
+
+# -- non-DICOM inputs ---------------------------------------------------------------------------------------------
+class VideoStudy:
+    """An ultrasound cine stored as a video file, shaped like the ``DicomImage`` fields the analyser reads (no
+    Ultrasound Region, laterality or patient data; timed at the video's own frame rate)."""
+
+    kind = "ultrasound"
+    region = None
+    region_clipped = False
+    laterality = None
+    patient_orientation = None
+
+    def __init__(self, path: Path, n_frames: int, fps: float):
+        self.path = path
+        self.name = path.name
+        self.n_frames = n_frames
+        self.frame_time_ms = 1000.0 / fps if fps > 0 else None
+        self.warnings: list[str] = []
+
+    @classmethod
+    def open(cls, path: Path) -> VideoStudy:
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if not capture.isOpened():
+                raise DataError(f"{path.name}: not a readable video")
+            n_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        finally:
+            capture.release()
+        return cls(path, n_frames, fps)
+
+    def iter_frames(self):
+        capture = cv2.VideoCapture(str(self.path))
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    return
+                yield frame
+        finally:
+            capture.release()
+
+
+class StillImage:
+    """One PNG / JPEG / TIFF image (e.g. a radiograph from a frame grabber): one BGR frame, no DICOM header."""
+
+    laterality = None
+    patient_orientation = None
+    n_frames = 1
+
+    def __init__(self, path: Path, kind: str, frame: np.ndarray):
+        self.name, self.kind, self.frame = path.name, kind, frame
+        self.warnings: list[str] = []
+
+    @classmethod
+    def open(cls, path: Path, kind: str) -> StillImage:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DataError(f"{path.name}: not a readable image")
+        return cls(path, kind, frame)
+
+    def iter_frames(self):
+        yield self.frame
+
+
+# -- models ----------------------------------------------------------------------------------------------------
+def XrayModel(bundle_path: str | Path, device: str = "auto", threads: int = 1) -> Model:
+    """The radiograph model of an X-ray bundle (the former class name): ``load_image_model(kind="radiograph")``."""
+    return load_image_model(bundle_path, device=device, threads=threads, kind="radiograph")
 
 
 # -- the analyser ---------------------------------------------------------------------------------------------
 class Analyzer:
-    """Holds one ultrasound Session (and the optional X-ray model) for a batch; ``analyze_file`` per input."""
+    """The models of a batch, by the kind of image they take: a ``Session`` for a frame-window task (the
+    ultrasound cine), a per-image model (``load_image_model``) otherwise; ``analyze_file`` per input.
+
+    ``options.bundle`` may be any task's bundle; ``options.xr_bundle`` adds a radiograph model (when it cannot be
+    loaded, radiographs are reported as "no X-ray model" and the batch goes on).
+    """
 
     def __init__(self, options: AnalyzeOptions):
-        from sonogate.runtime.session import open_session
+        from sonogate.core.bundle import load_bundle
 
         self.options = options
         self.out = Path(options.out)
@@ -268,21 +289,58 @@ class Analyzer:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SonogateError(f"cannot create output folder {self.out}: {exc.strerror or exc}") from None
-        self.session = open_session(options.bundle, device=options.device, threads=options.threads)
         self.notes: list[str] = []
-        note = getattr(self.session.engine, "device_note", "")
-        if note:
-            self.notes.append(note)
-        if self.session.calibration_note:
-            self.notes.append(self.session.calibration_note)
-        self.xray: XrayModel | None = None
-        self.xray_reason = "no --xr-bundle given"
+        self.session = None
+        self.models: dict[str, Model] = {}  # image kind -> per-image model
+        self.missing: dict[str, str] = {}  # image kind -> why no model takes it
+        manifest = described_manifest(load_bundle(options.bundle))
+        kind = IMAGE_KINDS.get(str((manifest.get("task") or {}).get("modality", "")))
+        if (manifest.get("decision") or {}).get("unit") == "frame_window":
+            from sonogate.runtime.session import open_session
+
+            self.session = open_session(options.bundle, device=options.device, threads=options.threads)
+            note = getattr(self.session.engine, "device_note", "")
+            if note:
+                self.notes.append(note)
+            if self.session.calibration_note:
+                self.notes.append(self.session.calibration_note)
+            kind = kind or "ultrasound"
+        else:
+            model = load_image_model(options.bundle, device=options.device, threads=options.threads, kind=kind)
+            self.models[model.image_kind or "image"] = model
+            self.notes.append(model.device_note)
+        self.primary_kind = kind
+        # what a plain image file is: the per-image bundle's kind, else a radiograph (for --xr-bundle)
+        self.still_kind = next(iter(self.models)) if self.models else "radiograph"
+        self.task_ids = [str((manifest.get("task") or {}).get("id", ""))]
+        self.columns = list(manifest.get("analyze_columns") or ())
+        if "radiograph" not in self.models:
+            self.missing["radiograph"] = "no --xr-bundle given"
         if options.xr_bundle:
             try:
-                self.xray = XrayModel(options.xr_bundle, device=options.device, threads=options.threads)
+                model = load_image_model(options.xr_bundle, device=options.device, threads=options.threads,
+                                         kind="radiograph")
             except SonogateError as exc:
-                self.xray_reason = f"X-ray bundle not available: {exc}"
+                self.missing["radiograph"] = f"X-ray bundle not available: {exc}"
                 self.notes.append(f"{NO_XRAY_MODEL}: {exc}")
+            else:
+                self.models["radiograph"] = model
+                self.missing.pop("radiograph", None)
+                self.task_ids.append(model.task)
+                self.columns += [c for c in model.manifest.get("analyze_columns") or () if c not in self.columns]
+
+    @property
+    def xray(self) -> Model | None:
+        """The radiograph model (None: radiographs are reported as "no X-ray model")."""
+        return self.models.get("radiograph")
+
+    @property
+    def csv_columns(self) -> list[str]:
+        """``CSV_COLUMNS`` when every task column fits the original layout, else ``input``, status columns, the
+        tasks' analyze columns in order, then the output-file columns."""
+        if self.columns and set(self.columns) <= set(CSV_COLUMNS):
+            return list(CSV_COLUMNS)
+        return GENERIC_HEAD + self.columns + [c for c in GENERIC_TAIL if c not in self.columns]
 
     # -- per file -----------------------------------------------------------------------------------------
     def analyze_file(self, path: Path, stem: str) -> dict[str, Any]:
@@ -290,19 +348,32 @@ class Analyzer:
         record: dict[str, Any] = {"input": str(path.name), "status": "error", "error": None, "kind": None,
                                   "sonogate_version": __version__}
         try:
-            image = read_dicom(path, load_frames=False)
-            record["kind"] = image.kind
-            record["dicom"] = image.summary()
-            record["source_sop_instance_uid"] = image.sop_instance_uid
-            record["warnings"] = image.warnings
-            if image.kind == "ultrasound":
-                self._ultrasound(image, stem, record)
-            elif image.kind == "radiograph":
-                self._radiograph(image, stem, record)
+            suffix = path.suffix.lower()
+            if suffix in VIDEO_SUFFIXES:
+                image = VideoStudy.open(path)
+            elif suffix in IMAGE_SUFFIXES:
+                image = StillImage.open(path, self.still_kind)
             else:
-                modality = image.modality or "missing"
+                image = read_dicom(path, load_frames=False)
+                record["dicom"] = image.summary()
+                record["source_sop_instance_uid"] = image.sop_instance_uid
+            record["kind"] = image.kind
+            record["warnings"] = image.warnings
+            if image.kind == "ultrasound" and self.session is not None:
+                self._ultrasound(image, stem, record)
+            elif image.kind in self.models:
+                self._image_case(self.models[image.kind], image, stem, record)
+            elif image.kind == "radiograph":
+                record.update({"status": "no_xray_model",
+                               "result": {"recommendation": NO_XRAY_MODEL, "reason": self.missing["radiograph"],
+                                          "hips": None}})
+            elif image.kind == "ultrasound":
+                raise DataError(f"{path.name}: an ultrasound, but the bundle's task ({', '.join(self.task_ids)}) "
+                                f"does not take ultrasound")
+            else:
+                modality = getattr(image, "modality", None) or "missing"
                 raise DataError(f"{path.name}: neither an ultrasound nor a radiograph (Modality {modality}, "
-                                f"SOP class {image.sop_class_name})")
+                                f"SOP class {getattr(image, 'sop_class_name', None)})")
         except SonogateError as exc:
             record["status"] = "error"
             record["error"] = _one_line(str(exc))
@@ -314,6 +385,51 @@ class Analyzer:
             record["error"] = _one_line(f"{path.name}: internal error: {type(exc).__name__}: {exc}")
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record.setdefault("warnings", [])
+        json_path = self.out / f"{stem}.json"
+        record.setdefault("outputs", {})["json"] = json_path.name
+        try:
+            json_path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+        except OSError as exc:
+            record["status"] = "error"
+            record["error"] = f"cannot write {json_path}: {exc.strerror or exc}"
+        return record
+
+    def analyze_case(self, files: dict[str, Path], stem: str) -> dict[str, Any]:
+        """One case of a task with several image inputs: each view's file read (DICOM or image), the views through
+        the per-image model together; the SR / SC refer to the first view's DICOM (when it is one)."""
+        t0 = time.perf_counter()
+        model = next(iter(self.models.values()))
+        first = next(iter(files.values()))
+        label = str(first.parent)
+        record: dict[str, Any] = {"input": label, "status": "error", "error": None, "kind": "case",
+                                  "sonogate_version": __version__, "files": {v: p.name for v, p in files.items()},
+                                  "warnings": []}
+        try:
+            frames, sources = {}, {}
+            for view, path in files.items():
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    sources[view] = StillImage.open(path, self.still_kind)
+                else:
+                    sources[view] = read_dicom(path, load_frames=False)
+                    record["warnings"] += [f"{view}: {w}" for w in sources[view].warnings]
+                frames[view] = next(iter(sources[view].iter_frames()))
+            notes: list[str] = []
+            result = model.analyze(frames, sources, notes)
+            record["warnings"] += notes
+            algorithm = model.algorithm()
+            record.update({"status": "ok", "frames": {"total": len(frames), "processed": len(frames)},
+                           "result": result, "model": algorithm.to_json()})
+            source = sources[next(iter(files))]
+            if self.options.write_dicom and isinstance(source, DicomImage):
+                annotated = model.annotate(frames[next(iter(files))], result, source)
+                self._write_dicom(source, stem, model.report_groups(result), annotated, algorithm, record)
+        except SonogateError as exc:
+            record["error"] = _one_line(f"{label}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+            record["error"] = _one_line(f"{label}: internal error: {type(exc).__name__}: {exc}")
+        if record["error"]:
+            record["status"] = "error"
+        record["seconds"] = round(time.perf_counter() - t0, 3)
         json_path = self.out / f"{stem}.json"
         record.setdefault("outputs", {})["json"] = json_path.name
         try:
@@ -363,6 +479,8 @@ class Analyzer:
             last_frame = frame
         if event is None or last_frame is None:
             raise DataError(f"{image.name}: no frames")
+        if not isinstance(image, DicomImage):
+            counts["total"] = counts["processed"]  # a video's header frame count is an estimate
         counts["accepted_in_final_window"] = int(event.get("accepted_frames") or 0)
         candidate = event.get("candidate")
         if candidate and candidate != event["recommendation"]:
@@ -393,41 +511,29 @@ class Analyzer:
                        "analysis_s": round(time.perf_counter() - t_start, 3),
                        "ms_per_frame": round((time.perf_counter() - t_start) * 1e3 / counts["processed"], 2)},
         })
-        if self.options.write_dicom:
+        if self.options.write_dicom and isinstance(image, DicomImage):
             algorithm = AlgorithmInfo.from_session(session)
             group = ReportGroup.from_event(event, laterality=image.laterality,
                                            delta=None if calibration is None else float(calibration.delta))
             annotated = render_sweep(last_frame, session.last_roi, event, image)
             self._write_dicom(image, stem, [group], annotated, algorithm, record)
 
-    def _radiograph(self, image: DicomImage, stem: str, record: dict[str, Any]) -> None:
-        if self.xray is None:
-            record.update({"status": "no_xray_model",
-                           "result": {"recommendation": NO_XRAY_MODEL, "reason": self.xray_reason,
-                                      "hips": None}})
-            return
-        from sonogate.runtime.dicom_report import ReportGroup
-
+    def _image_case(self, model: Model, image, stem: str, record: dict[str, Any]) -> None:
+        """One image through a per-image model: its ``analyze`` result, SR groups and annotated SC."""
         frame = next(iter(image.iter_frames()))
         notes: list[str] = []
-        hips = self.xray.measure(frame, image, notes)
+        result = model.analyze(frame, image, notes)
         record["warnings"] = list(record.get("warnings", [])) + notes
-        algorithm = self.xray.algorithm()
+        algorithm = model.algorithm()
         record.update({
             "status": "ok",
             "frames": {"total": image.n_frames, "processed": 1},
-            "result": {"recommendation": None, "reason": "X-ray measurements per hip", "hips": hips},
+            "result": result,
             "model": algorithm.to_json(),
         })
-        if self.xray.calibration is None:
-            record["warnings"].append("X-ray bundle has no calibration: values without bounds")
-        if self.options.write_dicom:
-            delta = None if self.xray.calibration is None else float(self.xray.calibration.delta)
-            names = [spec.name for spec in XR_MEASUREMENTS]
-            groups = [ReportGroup(label=f"{hip} hip", measurements={n: hips[hip][n] for n in names if n in hips[hip]},
-                                  reason=_verdict_text(hips[hip]), laterality=hip[0].upper(), delta=delta)
-                      for hip in HIPS]
-            annotated = render_radiograph(frame, hips, image)
+        if self.options.write_dicom and isinstance(image, DicomImage):
+            groups = model.report_groups(result)
+            annotated = model.annotate(frame, result, image)
             self._write_dicom(image, stem, groups, annotated, algorithm, record)
 
     def _write_dicom(self, image, stem, groups, annotated, algorithm, record) -> None:
@@ -441,7 +547,8 @@ class Analyzer:
                                    "sc_sop_instance_uid": str(sc.SOPInstanceUID)}
 
     # -- batch --------------------------------------------------------------------------------------------
-    def run(self, inputs: list[tuple[Path, str]]) -> AnalyzeSummary:
+    def run(self, inputs: list[tuple[Path | dict[str, Path], str]]) -> AnalyzeSummary:
+        """Analyse every input (a file, or a case: view -> file) and write analysis.csv, one row each."""
         from tqdm import tqdm
 
         summary = AnalyzeSummary(csv_path=self.out / "analysis.csv")
@@ -450,13 +557,14 @@ class Analyzer:
         except OSError as exc:
             raise SonogateError(f"cannot write {summary.csv_path}: {exc.strerror or exc}") from None
         with handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=self.csv_columns, extrasaction="ignore")
             writer.writeheader()
             bar = tqdm(total=len(inputs), unit="file", desc="analyze", disable=not self.options.progress,
                        file=sys.stderr, dynamic_ncols=True)
             with bar:
                 for path, stem in inputs:
-                    record = self.analyze_file(path, stem)
+                    record = (self.analyze_case(path, stem) if isinstance(path, dict)
+                              else self.analyze_file(path, stem))
                     summary.records.append(record)
                     writer.writerow(csv_row(record))
                     handle.flush()
@@ -464,11 +572,6 @@ class Analyzer:
                         bar.write(f"sonogate: {record['error']}", file=sys.stderr)
                     bar.update(1)
         return summary
-
-
-def _verdict_text(hip: dict) -> str | None:
-    verdict = hip.get("verdict") or {}
-    return f"{verdict['value']}: {verdict.get('reason', '')}" if verdict.get("value") else None
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -509,6 +612,9 @@ def _measurement_columns() -> list[str]:
 CSV_COLUMNS = (["input", "kind", "status", "error", "frames", "usable_frames", "recommendation", "candidate",
                 "reason", "graf_type"] + _measurement_columns()
                + ["mm_per_pixel_x", "mm_per_pixel_y", "warnings", "json", "sr", "sc", "seconds"])
+# a task whose columns are not all above: input, status, the task's analyze_columns, then the output files
+GENERIC_HEAD = ["input", "kind", "status", "error"]
+GENERIC_TAIL = ["recommendation", "reason", "warnings", "json", "sr", "sc", "seconds"]
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -540,6 +646,9 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
             row[f"{hip}_{spec.name}_{spec.bound_side}_bound"] = _fmt(values.get(f"{spec.bound_side}_bound"))
         row[f"{hip}_ihdi"] = _fmt(((hips.get(hip) or {}).get("ihdi") or {}).get("grade"))
         row[f"{hip}_xr_verdict"] = ((hips.get(hip) or {}).get("verdict") or {}).get("value") or ""
+    # a task's own analyze columns (values as the model's result names them)
+    for name, value in (result.get("columns") or {}).items():
+        row[name] = value if isinstance(value, str) else _fmt(value)
     return row
 
 
@@ -573,83 +682,16 @@ def render_sweep(frame_bgr: np.ndarray, roi, event: dict, image: DicomImage) -> 
     return canvas
 
 
-# -- X-ray annotation -------------------------------------------------------------------------------------
-def render_radiograph(frame_bgr: np.ndarray, hips: dict[str, dict], image: DicomImage) -> np.ndarray:
-    """The radiograph with side labels and a panel of AI / CE (with bounds), IHDI and the verdict per hip.
-
-    Whole-pelvis models: Hilgenreiner's line, the acetabular roof lines and the landmarks are drawn where the
-    model put them; one-hip models: the midline the image was split at."""
-    height, width = frame_bgr.shape[:2]
-    panel = 300
-    canvas = np.full((max(height, 300), width + panel, 3), 24, dtype=np.uint8)
-    canvas[:height, :width] = frame_bgr
-    landmarks = {hip: (hips.get(hip) or {}).get("landmarks") for hip in HIPS}
-    thick = max(1, round(max(height, width) / 400))
-    if all(landmarks.values()):
-
-        def pt(hip: str, name: str):
-            x, y = landmarks[hip].get(name, (math.nan, math.nan))
-            return (round(x), round(y)) if math.isfinite(x) and math.isfinite(y) else None
-
-        tri_r, tri_l = pt("right", "triradiate"), pt("left", "triradiate")
-        if tri_r and tri_l:
-            cv2.line(canvas, tri_r, tri_l, (0, 200, 255), thick, cv2.LINE_AA)  # Hilgenreiner
-        for hip, colour in (("right", (80, 220, 80)), ("left", (80, 160, 255))):
-            tri, edge = pt(hip, "triradiate"), pt(hip, "acetabular_edge")
-            if tri and edge:
-                cv2.line(canvas, tri, edge, colour, thick, cv2.LINE_AA)
-            for name in ("triradiate", "acetabular_edge", "head_center", "h_point"):
-                p = pt(hip, name)
-                if p:
-                    cv2.circle(canvas, p, 2 * thick + 1, colour, -1, cv2.LINE_AA)
-    else:
-        x_mid = width // 2
-        for y in range(0, height, 12):
-            cv2.line(canvas, (x_mid, y), (x_mid, min(height - 1, y + 6)), (0, 200, 255), 1)
-    swapped = (image.patient_orientation or ("",))[0][:1] == "R"
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(canvas, "L" if swapped else "R", (6, 20), font, 0.6, (0, 200, 255), 2, cv2.LINE_AA)
-    cv2.putText(canvas, "R" if swapped else "L", (width - 20, 20), font, 0.6, (0, 200, 255), 2, cv2.LINE_AA)
-    x0, y = width + 12, 26
-    cv2.putText(canvas, "X-ray measurements", (x0, y), font, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
-    y += 28
-    for hip in HIPS:
-        entry = hips.get(hip) or {}
-        cv2.putText(canvas, f"{hip} hip", (x0, y), font, 0.55, (230, 230, 230), 1, cv2.LINE_AA)
-        y += 22
-        for spec in XR_MEASUREMENTS:
-            values = entry.get(spec.name) or {}
-            label = "AI" if spec.name == "ai_deg" else "CE"
-            value = values.get("value")
-            bound = values.get(f"{spec.bound_side}_bound")
-            text = f"{label}: --" if value is None else f"{label}: {value:.1f} deg"
-            if value is not None:
-                text += f" ({'<=' if spec.bound_side == 'upper' else '>='} {bound:.1f})" if bound is not None \
-                    else " (no bound)"
-            cv2.putText(canvas, text, (x0 + 10, y), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-            y += 20
-        grade = (entry.get("ihdi") or {}).get("grade")
-        if grade:
-            cv2.putText(canvas, f"IHDI: {('I', 'II', 'III', 'IV')[int(grade) - 1]}", (x0 + 10, y), font, 0.5,
-                        (255, 255, 255), 1, cv2.LINE_AA)
-            y += 20
-        verdict = (entry.get("verdict") or {}).get("value")
-        if verdict:
-            colour = (80, 220, 80) if verdict.startswith("normal") else (60, 160, 255)
-            cv2.putText(canvas, verdict, (x0 + 10, y), font, 0.5, colour, 1, cv2.LINE_AA)
-            y += 20
-        y += 10
-    cv2.putText(canvas, "algorithm output, unverified", (x0, canvas.shape[0] - 12), font, 0.4, (150, 150, 150), 1,
-                cv2.LINE_AA)
-    return canvas
-
-
 # -- entry point ----------------------------------------------------------------------------------------------
 def analyze(targets: Iterable[str | Path], options: AnalyzeOptions) -> AnalyzeSummary:
     """Run the batch. Raises SonogateError (one line) for problems with the whole run (no inputs, bad bundle,
     unwritable output folder); per-file problems land in the records and the CSV."""
     targets = [Path(t) for t in ([targets] if isinstance(targets, (str, Path)) else targets)]
-    inputs = find_inputs(targets, exclude=Path(options.out))
+    views = case_views(options.bundle)
+    if views:
+        inputs: list = find_cases(targets, views, exclude=Path(options.out))
+    else:
+        inputs = find_inputs(targets, exclude=Path(options.out))
     analyzer = Analyzer(options)
     for note in analyzer.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -13,17 +13,21 @@ from sonogate.cli_types import positive_int as _threads
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "analyze",
-        help="measure stored DICOM studies (ultrasound cines, radiographs): JSON, SR, SC and a CSV",
-        description="Batch mode over stored DICOM files: each ultrasound cine goes frame by frame through the "
-                    "runtime (reset per file) and its per-sweep result is written as <name>.json, a DICOM "
-                    "Structured Report <name>.sr.dcm and a Secondary Capture <name>.sc.dcm of the annotated "
-                    "frame; radiographs are measured per hip with --xr-bundle (else reported as 'no X-ray "
-                    "model'). One analysis.csv row per input. A bad file is reported and the batch goes on; "
-                    "the exit code is 2 when any input failed.",
+        help="measure stored studies with any task's bundle (ultrasound cines, radiographs): JSON, SR, SC, a CSV",
+        description="Batch mode over stored files with any task's bundle, through one code path (the bundle's "
+                    "model from create_model). A task decided over a window of frames (the hip ultrasound cine, "
+                    "DICOM or video) goes frame by frame through the runtime (reset per file); a task decided per "
+                    "image (the pelvic radiograph) is measured per image. Per input: <name>.json, a DICOM "
+                    "Structured Report <name>.sr.dcm and a Secondary Capture <name>.sc.dcm of the annotated frame "
+                    "(DICOM inputs). One analysis.csv row per input: 'input', then the task's columns as its "
+                    "manifest names them. --xr-bundle adds a radiograph model beside an ultrasound bundle (without "
+                    "one, radiographs are reported as 'no X-ray model'). A bad file is reported and the batch goes "
+                    "on; the exit code is 2 when any input failed.",
     )
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER",
-                        help="DICOM file(s) or folder(s) (searched recursively for *.dcm, *.dicom)")
-    parser.add_argument("--bundle", required=True, help="ultrasound model bundle folder")
+                        help="DICOM file(s) or folder(s) (searched recursively for *.dcm, *.dicom); video "
+                             "(.mp4, .avi, ...) or image (.png, .jpg, ...) files given by name")
+    parser.add_argument("--bundle", required=True, help="model bundle folder of any task (hip_us, hip_xr, ...)")
     parser.add_argument("--xr-bundle", help="X-ray model bundle folder (AI/CE per hip); without it radiographs "
                                             "are reported as 'no X-ray model'")
     parser.add_argument("--out", required=True, help="output folder")

@@ -1,19 +1,26 @@
-"""Model execution for one bundle: tensor in, per-frame measurements, plane probability and OOD distance out.
+"""The generic image-measurement model: image in; measurements, an optional quality and OOD distances out.
 
-Inputs: a verified ``Bundle`` and a compute device name. Output per call: ``FrameResult``. The backend comes
-from ``sonogate.device.compute`` (ONNX Runtime or OpenVINO); this module never imports torch.
+Inputs: a verified ``Bundle`` and an ``InferenceAdapter`` (``sonogate.runtime.model_api.create_model`` builds both
+from the bundle). Output per call: ``FrameResult``. The graph must have a ``measurements`` output (N, m) with the
+bundle's m named measurements; an output of kind "quality" (a logit, e.g. the ultrasound standard-plane logit) and
+one of kind "features" (for the Mahalanobis OOD check) are used when the manifest declares them, and a declared
+quality output is then required. The backend comes from ``sonogate.device.compute`` (ONNX Runtime or OpenVINO);
+this module never imports torch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from sonogate.errors import BundleError
 from sonogate.core.bundle import Bundle
+from sonogate.errors import BundleError
 from sonogate.runtime.image_stats import DESCRIPTOR_VERSION, ImageStats
+from sonogate.runtime.model_api import InferenceAdapter, InputModel, choose_variant  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -21,7 +28,7 @@ class FrameResult:
     """One frame's raw model output. ``measurements`` are in the bundle's units, before calibration."""
 
     measurements: np.ndarray  # (m,) float64
-    plane_probability: float
+    plane_probability: float | None  # sigmoid of the quality logit; None: the model has no quality output
     ood_distance: float | None  # Mahalanobis distance of the features to the training set (None: no OOD model)
     ood_threshold: float | None
     # Mahalanobis distance of the input's image statistics to the training frames (None: bundle without it)
@@ -30,7 +37,8 @@ class FrameResult:
 
     @property
     def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.measurements))) and math.isfinite(self.plane_probability)
+        return bool(np.all(np.isfinite(self.measurements))) and (
+            self.plane_probability is None or math.isfinite(self.plane_probability))
 
     @property
     def out_of_distribution(self) -> bool:
@@ -83,57 +91,86 @@ class OodModel:
         return float(math.sqrt(max(0.0, float(self._centred @ self.precision @ self._centred))))
 
 
-def choose_variant(bundle: Bundle, precision: str) -> str:
-    """Pick the bundle model for a precision request: 'int8' | 'float' | 'openvino' | 'auto' (int8 if present)."""
-    if precision == "auto":
-        for variant in ("int8", "float"):
-            if variant in bundle.models:
-                return variant
-        return next(iter(bundle.models))
-    if precision not in bundle.models:
-        raise BundleError(f"bundle has no '{precision}' model (has: {', '.join(sorted(bundle.models))})")
-    return precision
+def _output_of_kind(outputs: Mapping[str, Mapping[str, Any]], kind: str) -> str | None:
+    for name, entry in outputs.items():
+        if isinstance(entry, Mapping) and entry.get("kind") == kind:
+            return name
+    return None
 
 
-class InferenceEngine:
-    """Runs the bundle's model on preprocessed tensors.
+class ImageMeasurementModel(InputModel):
+    """Runs an image-measurement bundle (model types "image_measurement" and the ultrasound "hip_us_frame").
 
-    ``infer(tensor)`` -> FrameResult. A backend exception propagates as RuntimeError; the caller turns it into
-    a "no_recommendation" event instead of crashing.
+    ``infer(tensor)`` -> FrameResult for an already preprocessed (1, C, H, W) tensor (the live session times
+    preprocessing and inference apart); calling the model on an image (or a dict name -> image for a model with
+    several image inputs) preprocesses it first. A backend exception propagates as RuntimeError; the caller turns
+    it into a "no_recommendation" event instead of crashing.
     """
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 1, precision: str = "auto"):
-        from sonogate.device.compute import create_backend
+    model_type: ClassVar[str] = "image_measurement"
 
-        self.bundle = bundle
-        self.variant = choose_variant(bundle, precision)
-        self.backend, self.device_note = create_backend(bundle.model_path(self.variant), device=device, threads=threads)
+    def __init__(self, bundle: Bundle, adapter: InferenceAdapter):
+        super().__init__(bundle, adapter)
+        self.measurement_output = "measurements"
+        self.quality_output = _output_of_kind(self.outputs, "quality")
+        self.features_output = _output_of_kind(self.outputs, "features") or "features"
+        graph_outputs = set(adapter.output_names)
+        for name in (self.measurement_output, self.quality_output):
+            if name is not None and name not in graph_outputs:
+                raise BundleError(f"bundle {bundle.path}: the model graph has no output {name!r} "
+                                  f"(it has {', '.join(adapter.output_names)})")
         self.ood = OodModel.from_bundle(bundle)
         self.image_ood = OodModel.from_bundle(bundle, prefix="image_")
         self.image_stats = ImageStats()
-        self._norm = (float(bundle.preprocessing.mean), float(bundle.preprocessing.std))
+        first = self.inputs[0]
+        self._norm = (float(first.mean), float(first.std))
+        if self.image_ood is not None and first.kind != "image":
+            raise BundleError(f"bundle {bundle.path}: image statistics need an image as the first input")
         self.n_measurements = len(bundle.measurement_names)
 
     @property
-    def device_name(self) -> str:
-        return self.backend.name
+    def per_image(self) -> PerImageAnalysis:
+        """The per-image analysis of this model (calibration loaded on first use)."""
+        if getattr(self, "_per_image", None) is None:
+            self._per_image = PerImageAnalysis(self)
+        return self._per_image
 
-    def infer(self, tensor: np.ndarray) -> FrameResult:
-        outputs = self.backend.infer(tensor)
-        measurements = np.asarray(outputs["measurements"], dtype=np.float64).reshape(-1)
+    def analyze(self, frame: np.ndarray, image: Any | None, notes: list[str]) -> dict[str, Any]:
+        """One case of ``sonogate analyze`` (a task decided per image): values, bounds, decision, CSV columns."""
+        return self.per_image.analyze(frame, image, notes)
+
+    def algorithm(self):
+        return self.per_image.algorithm()
+
+    def report_groups(self, result: Mapping[str, Any]) -> list:
+        return self.per_image.report_groups(result)
+
+    def annotate(self, frame: np.ndarray, result: Mapping[str, Any], image: Any | None) -> np.ndarray:
+        return self.per_image.annotate(frame, result, image)
+
+    def infer(self, tensor: np.ndarray | Mapping[str, np.ndarray]) -> FrameResult:
+        """FrameResult of preprocessed input(s): one tensor, or a dict input name -> tensor."""
+        feeds = dict(tensor) if isinstance(tensor, Mapping) else {self.inputs[0].name: tensor}
+        return self.postprocess(self.adapter.infer_sync(feeds), {"tensors": feeds})
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> FrameResult:
+        measurements = np.asarray(outputs[self.measurement_output], dtype=np.float64).reshape(-1)
         if measurements.size != self.n_measurements:
             # never spread a short output over the named measurements: that could reassure on garbage
             raise RuntimeError(f"model returned {measurements.size} measurements, the bundle names "
                                f"{self.n_measurements}")
-        logit_values = np.asarray(outputs["plane_logit"]).reshape(-1)
-        if logit_values.size != 1:
-            raise RuntimeError(f"model returned {logit_values.size} plane logits, expected 1")
-        plane_probability = _sigmoid(float(logit_values[0]))
+        plane_probability = None
+        if self.quality_output is not None:
+            logit_values = np.asarray(outputs[self.quality_output]).reshape(-1)
+            if logit_values.size != 1:
+                raise RuntimeError(f"model returned {logit_values.size} plane logits, expected 1")
+            plane_probability = _sigmoid(float(logit_values[0]))
         distance = None
-        if self.ood is not None and "features" in outputs:
-            distance = self.ood.distance(np.asarray(outputs["features"]))
+        if self.ood is not None and self.features_output in outputs:
+            distance = self.ood.distance(np.asarray(outputs[self.features_output]))
         image_distance = None
         if self.image_ood is not None:
+            tensor = meta["tensors"][self.inputs[0].name]
             image_distance = self.image_ood.distance(self.image_stats(tensor, *self._norm))
         return FrameResult(
             measurements=measurements,
@@ -143,3 +180,118 @@ class InferenceEngine:
             image_ood_distance=image_distance,
             image_ood_threshold=None if self.image_ood is None else self.image_ood.threshold,
         )
+
+
+def InferenceEngine(bundle: Bundle, device: str = "auto", threads: int = 1,
+                    precision: str = "auto") -> ImageMeasurementModel:
+    """The image-measurement model of ``bundle`` (kept for callers of the former engine class)."""
+    model = ImageMeasurementModel(bundle, InferenceAdapter(bundle, device=device, threads=threads,
+                                                           precision=precision))
+    return model
+
+
+# -- one case of ``sonogate analyze`` for a generic per-image measurement task ------------------------------------
+def _bound_key(side: str) -> str:
+    return "lower_bound" if side == "lower" else "upper_bound"
+
+
+class PerImageAnalysis:
+    """``analyze`` / ``report_groups`` / ``annotate`` / ``algorithm`` of an ``ImageMeasurementModel`` whose task is
+    decided per image (knee KL, BMD...): calibrated values and one-sided bounds per measurement, and the decision
+    from the manifest's measurements (threshold and safe side) and decision block."""
+
+    def __init__(self, model: ImageMeasurementModel):
+        from sonogate.calibration.calfile import load_calibration
+        from sonogate.core.bundle import sha256_file
+
+        self.model = model
+        bundle = model.bundle
+        path = bundle.calibration_path
+        self.calibration = load_calibration(path, bundle_hash=bundle.bundle_hash) if path.exists() else None
+        self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
+        self.specs = {str(m["name"]): m for m in model.manifest.get("measurements") or ()}
+        self.decision = model.manifest.get("decision") or {}
+
+    def _measurement(self, name: str, raw: float) -> tuple[dict[str, float | None], str]:
+        """({value, lower_bound, upper_bound}, bound side) of one raw value; the side comes from the calibration,
+        else from the safe side of the task's threshold ("above" -> a lower bound matters)."""
+        entry: dict[str, float | None] = {"value": None, "lower_bound": None, "upper_bound": None}
+        spec = self.specs.get(name) or {}
+        side = "upper" if spec.get("safe_side") == "below" else "lower"
+        cal = None if self.calibration is None else self.calibration.measurements.get(name)
+        if cal is not None:
+            side = cal.side
+        if math.isfinite(raw):
+            entry["value"] = round(float(cal.corrected(raw) if cal is not None else raw), 3)
+            if cal is not None:
+                bound = cal.bound(raw)
+                entry[_bound_key(side)] = round(float(bound), 3) if math.isfinite(bound) else None
+        return entry, side
+
+    def analyze(self, frame: np.ndarray, image: Any | None, notes: list[str]) -> dict[str, Any]:
+        result = self.model(frame)
+        measurements, columns, problems = {}, {}, []
+        for name, raw in zip(self.model.bundle.measurement_names, result.measurements):
+            entry, side = self._measurement(name, float(raw))
+            measurements[name] = entry
+            columns[name] = entry["value"]
+            columns[f"{name}_{side}_bound"] = entry[_bound_key(side)]
+            spec = self.specs.get(name) or {}
+            threshold, safe_side = spec.get("threshold"), spec.get("safe_side", "none")
+            low, high = spec.get("plausible_range") or (None, None)
+            value, bound = entry["value"], entry[_bound_key(side)]
+            if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+                problems.append(f"implausible {name} {value:g}")
+            if threshold is None or safe_side == "none":
+                continue
+            if bound is None:
+                problems.append(f"no {name} bound")
+            elif (safe_side == "above" and bound < threshold) or (safe_side == "below" and bound > threshold):
+                problems.append(f"{name} bound {bound:g} not {safe_side} {threshold:g}")
+        if result.out_of_distribution:
+            problems.append("image out of distribution")
+        if result.plane_probability is not None:
+            columns["quality"] = round(result.plane_probability, 4)
+        reassuring = list(self.decision.get("reassuring") or ())
+        outcome = self.decision.get("safe_default") if problems or not reassuring else reassuring[0]
+        reason = "; ".join(problems) if problems else "every bound on its safe side"
+        if self.calibration is None:
+            notes.append(f"{self.model.task} bundle has no calibration: values without bounds")
+        columns["decision"] = outcome
+        return {"recommendation": outcome, "reason": reason, "measurements": measurements, "columns": columns}
+
+    def algorithm(self):
+        from sonogate.runtime.dicom_report import AlgorithmInfo
+
+        return AlgorithmInfo(bundle_sha256=self.model.bundle.bundle_hash, calibration_sha256=self.calibration_sha256,
+                             device=self.model.device_name, task=self.model.task or None,
+                             delta=None if self.calibration is None else float(self.calibration.delta))
+
+    def report_groups(self, result: Mapping[str, Any]) -> list:
+        from sonogate.runtime.dicom_report import ReportGroup
+
+        return [ReportGroup(label=self.model.task, measurements=dict(result["measurements"]),
+                            recommendation=result.get("recommendation"), reason=result.get("reason"),
+                            delta=None if self.calibration is None else float(self.calibration.delta))]
+
+    def annotate(self, frame: np.ndarray, result: Mapping[str, Any], image: Any | None) -> np.ndarray:
+        """The image with a side panel: each measurement with its bound, then the decision."""
+        import cv2
+
+        bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        height, width = bgr.shape[:2]
+        canvas = np.full((max(height, 200), width + 300, 3), 24, dtype=np.uint8)
+        canvas[:height, :width] = bgr[:, :, :3]
+        lines = [self.model.task]
+        for name, entry in result["measurements"].items():
+            text = f"{name}: --" if entry["value"] is None else f"{name}: {entry['value']:g}"
+            if entry.get("lower_bound") is not None:
+                text += f" (>= {entry['lower_bound']:g})"
+            elif entry.get("upper_bound") is not None:
+                text += f" (<= {entry['upper_bound']:g})"
+            lines.append(text)
+        lines += [str(result.get("recommendation") or ""), "algorithm output, unverified"]
+        for i, text in enumerate(lines):
+            cv2.putText(canvas, text, (width + 12, 26 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1,
+                        cv2.LINE_AA)
+        return canvas

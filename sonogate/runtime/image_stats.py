@@ -6,7 +6,7 @@ blur and noise, so real scanner images, a cardiac cine and the phantom all land 
 ellipsoid of its pooled features (measured: docs/safety.md). The texture those invariances throw away is what
 tells the domains apart: the intensity histogram, edge strength, speckle correlation length, the depth
 profile. A Mahalanobis distance on these ``DESCRIPTOR_DIM`` numbers, fitted on the training frames and
-thresholded at a high percentile of held-out in-distribution frames (``sonogate.export.ood.fit_ood``),
+thresholded at a high percentile of held-out in-distribution frames (``sonogate.calibration.ood.fit_ood``),
 refuses images unlike the calibration data before any measurement of them can reassure.
 
 Input: the preprocessed model input (S, S), either uint8 grey or the normalised float tensor with the bundle's

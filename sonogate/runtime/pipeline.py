@@ -64,10 +64,11 @@ class LivePipeline:
         if options.xr_watch and not options.xr_bundle:
             raise SonogateError("--xr-watch needs --xr-bundle")
         if options.xr_bundle:
-            from sonogate.runtime.analyze import XrayModel
+            from sonogate.runtime.model_api import load_image_model
             from sonogate.runtime.xr_watch import XrayWatcher
 
-            model = XrayModel(options.xr_bundle, device=options.device, threads=options.threads)
+            model = load_image_model(options.xr_bundle, device=options.device, threads=options.threads,
+                                     kind="radiograph")
             self.xray_model = model
             if options.xr_watch:
                 self.xray_watcher = XrayWatcher(model, options.xr_watch)

@@ -12,18 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from sonogate.calibration.fit import PredictionTable
-from sonogate.data.folder import read_labelled_folder
 from sonogate.core.bundle import load_bundle
-from sonogate.runtime.engine import InferenceEngine
-from sonogate.runtime.preprocess import Preprocessor
+from sonogate.data.folder import read_labelled_folder
+from sonogate.runtime.model_api import create_model
 
 
 def predict_folder(bundle_path: str | Path, data_dir: str | Path, device: str = "auto", progress: bool = True,
                    precision: str = "auto", threads: int = 1) -> PredictionTable:
     bundle = load_bundle(bundle_path)
     folder = read_labelled_folder(data_dir)
-    engine = InferenceEngine(bundle, device=device, threads=threads, precision=precision)
-    preprocessor = Preprocessor(bundle.preprocessing)
+    engine = create_model(bundle, device=device, threads=threads, precision=precision)
+    preprocessor = engine.preprocessor
     names = bundle.measurement_names
     n = len(folder)
     pred = np.full((n, len(names)), np.nan)
@@ -36,7 +35,9 @@ def predict_folder(bundle_path: str | Path, data_dir: str | Path, device: str = 
     for i in iterator:
         result = engine.infer(preprocessor(folder.load_gray(i)))
         pred[i] = result.measurements
-        quality[i] = 0.0 if result.out_of_distribution else result.plane_probability
+        # a model without a quality output rates every in-distribution image usable
+        probability = 1.0 if result.plane_probability is None else result.plane_probability
+        quality[i] = 0.0 if result.out_of_distribution else probability
     hip_names = [f"hip_{name}" for name in names]
     true = folder.targets(hip_names) if all(h in folder.columns for h in hip_names) else folder.targets(list(names))
     ids = np.asarray([p.name for p in folder.image_paths])

@@ -26,15 +26,16 @@ from typing import Any
 import numpy as np
 
 from sonogate.calibration.calfile import CalibrationFile, load_calibration
-from sonogate.errors import CalibrationError, SonogateError
 from sonogate.core.bundle import Bundle
-from sonogate.runtime.engine import InferenceEngine
+from sonogate.core.signing import load_verified_bundle
+from sonogate.errors import CalibrationError, SonogateError
+from sonogate.runtime.engine import ImageMeasurementModel
 from sonogate.runtime.gates import content_refusal, geometry_refusal
-from sonogate.runtime.preprocess import FrameError, Preprocessor
+from sonogate.runtime.model_api import create_model
+from sonogate.runtime.preprocess import FrameError
 from sonogate.runtime.recommend import Decision, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
 from sonogate.runtime.scale import RulerScale, estimate_ruler_scale
-from sonogate.core.signing import load_verified_bundle
 
 # DicomImage.spacing_source (or an event's name for it) -> the event's scale_source
 _SCALE_SOURCES = {"ultrasound_regions": "dicom_regions", "dicom_regions": "dicom_regions",
@@ -59,8 +60,12 @@ class Session:
         self.bundle = load_verified_bundle(bundle, public_key)
         self.calibration_note = ""
         self.calibration, self.calibration_sha256 = self._load_calibration(calibration)
-        self.engine = InferenceEngine(self.bundle, device=device, threads=threads, precision=precision)
-        self.preprocessor = Preprocessor(self.bundle.preprocessing)
+        self.engine = create_model(self.bundle, device=device, threads=threads, precision=precision)
+        if (not isinstance(self.engine, ImageMeasurementModel) or len(self.engine.inputs) != 1
+                or self.engine.inputs[0].kind != "image" or self.engine.quality_output is None):
+            raise SonogateError(f"bundle {self.bundle.path} (task {self.bundle.task}) is not a one-image "
+                                f"measurement model with a quality output: a live session cannot run it")
+        self.preprocessor = self.engine.preprocessor
         self.recommender = Recommender(self.bundle.measurement_names, self.calibration, config)
         self.roi_tracker = RoiTracker(manual=roi) if (roi is not None or detect_roi) else None
         self.frame_index = 0

@@ -2,11 +2,12 @@
 
 When the recommendation is "X-ray recommended" and the radiograph is taken, the PACS / modality drops it in a
 folder (DICOM CR/DX, or PNG/JPEG from a frame grabber); ``XrayWatcher`` picks up each new file once it has
-stopped growing, measures it with the X-ray bundle (``sonogate.runtime.analyze.XrayModel``: acetabular index,
-centre-edge angle and IHDI per hip, with conformal bounds when the bundle is calibrated) and hands back one
-event per radiograph. The work runs on a background thread so the ultrasound frame loop never waits for it.
+stopped growing, measures it with the X-ray bundle's model (``create_model``, through
+``sonogate.runtime.model_api.load_image_model``; for hip_xr: acetabular index, centre-edge angle and IHDI per hip,
+with conformal bounds when the bundle is calibrated) and hands back one event per radiograph. The work runs on a
+background thread so the ultrasound frame loop never waits for it.
 
-Inputs: a loaded ``XrayModel`` and a folder. Output: ``drain()`` -> list of event dicts (``type`` "xray";
+Inputs: a loaded radiograph model (``measure``, ``calibration``, ``algorithm``) and a folder. Output: ``drain()`` -> list of event dicts (``type`` "xray";
 docs/events.md), also for files that could not be read (``error`` set, no numbers). The file's base name is
 the only thing of the input in the event: no patient data.
 """

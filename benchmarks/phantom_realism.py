@@ -12,10 +12,13 @@ with a Ledoit-Wolf Mahalanobis fit (``sonogate.export.ood``) on the real standar
 the median distance of phantom frames to the real fit (and of real frames to a fit on phantom frames) says how
 far apart the two sets are in the statistics the runtime uses to refuse images (``ood_distances``).
 
-``python -m sonogate.phantom.realism --out docs/img`` writes the contact sheet, the histogram figure and a
+``python benchmarks/phantom_realism.py --out docs/img`` writes the contact sheet, the histogram figure and a
 JSON of the statistics (both phantom styles, ``"schematic"`` and ``"realistic"``), using the real images under
 ``../shared/data`` when present. The real Radiopaedia
 frames are CC BY-NC-SA 3.0: they may appear in the docs with attribution, never in training data.
+
+A benchmark, not part of the phantom: it compares phantom frames with real ones through the runtime's image
+descriptor and the OOD fit, so it lives outside the package (the phantom imports no other stage).
 """
 
 from __future__ import annotations
@@ -23,11 +26,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sonogate.calibration.ood import fit_ood, ledoit_wolf, mahalanobis
+from sonogate.data.folder import resize_gray
+from sonogate.phantom.cine import sweep_frames
+from sonogate.phantom.devices import DEVICES, TRAIN_DEVICES
+from sonogate.phantom.hip_us import DEFECTS, render_us_frame, sample_hip_params
+from sonogate.phantom.xray import render_xr_frame, sample_xr_params
+from sonogate.runtime.image_stats import describe_images
 
 STAT_SIZE = 256
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 9]  # docs images: smallest files
@@ -175,8 +189,6 @@ def phantom_images(count: int, seed: int, devices: Sequence[str], standard: bool
                    style: str = "schematic") -> list[np.ndarray]:
     """``count`` phantom frames (256 x 256, as shown by each device), standard planes or a defect mix, in
     ``style`` (the same seed gives the same hips in both styles)."""
-    from sonogate.phantom.hip_us import DEFECTS, render_us_frame, sample_hip_params
-
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
@@ -191,9 +203,6 @@ OOD_SIZE = 160  # the bundle's input side: the descriptor is computed on what th
 
 def _descriptors(images: Sequence[np.ndarray]) -> np.ndarray:
     """The runtime's image-statistics descriptors (n, DESCRIPTOR_DIM) of grey images resized to the bundle input."""
-    from sonogate.data.folder import resize_gray
-    from sonogate.runtime.image_stats import describe_images
-
     return describe_images(np.stack([resize_gray(_gray256(im), OOD_SIZE, OOD_SIZE) for im in images]))
 
 
@@ -205,8 +214,6 @@ def ood_distances(real: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarra
     real frames to a fit on the set: the reverse direction). ``"real (leave-one-out)"``: each real frame to a
     fit on the others, the scale of an in-distribution distance.
     """
-    from sonogate.export.ood import fit_ood, mahalanobis
-
     describe = _descriptors
 
     def fit(feats):
@@ -233,8 +240,6 @@ def separability_auc(real: Sequence[np.ndarray], phantom: Sequence[np.ndarray], 
     (Ledoit-Wolf pooled covariance, stratified ``folds``-fold cross-validation, features standardised on the
     training folds). 0.5 = indistinguishable by these statistics, 1.0 = perfectly separable. A statistical
     stand-in for "a reader could mistake one for the other at a glance", not a reader study."""
-    from sonogate.export.ood import ledoit_wolf
-
     x = np.concatenate([_descriptors(real), _descriptors(phantom)]).astype(np.float64)
     y = np.concatenate([np.ones(len(real)), np.zeros(len(phantom))])
     rng = np.random.default_rng(seed)
@@ -325,9 +330,6 @@ def _histogram_figure(sets: dict[str, Sequence[np.ndarray]], path: Path) -> None
 def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
     """Write ``phantom_contact_sheet.png``, ``phantom_xray_sheet.png``, ``phantom_cine_frame.png``,
     ``phantom_histograms.png`` and ``realism_stats.json`` under ``out_dir``; returns the statistics."""
-    from sonogate.phantom.devices import DEVICES, TRAIN_DEVICES
-    from sonogate.phantom.hip_us import render_us_frame, sample_hip_params
-
     out_dir.mkdir(parents=True, exist_ok=True)
     real_std = real_standard_planes(shared)
     real_sub = real_substandard_planes(shared)
@@ -364,8 +366,6 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
     # X-ray: real pelvic radiographs (Fraiwan et al. 2022, CC BY 4.0) beside phantom ones.
     xr_real = sorted((shared / "data" / "hip-radiopaedia-ddh" / "other" / "xray").glob("331_DDH_1[0-9]*.jpg"))
     xr_real = [p for p in xr_real if "processed" not in p.name][:4]
-    from sonogate.phantom.xray import render_xr_frame, sample_xr_params
-
     xr_rows = []
     if xr_real:
         xr_rows.append(("REAL pelvic AP radiographs (Fraiwan et al. 2022, CC BY 4.0)",
@@ -379,8 +379,6 @@ def build_report(out_dir: Path, shared: Path, seed: int = 3) -> dict:
     xr_rows.append(("PHANTOM pelvic AP radiographs (AI / CE / IHDI per hip)", xr_ph))
     cv2.imwrite(str(out_dir / "phantom_xray_sheet.png"), contact_sheet(xr_rows), _PNG)
     # What a capture card sees: one cine frame with scanner chrome.
-    from sonogate.phantom.cine import sweep_frames
-
     for index, (screen, _) in enumerate(sweep_frames(7, 3.0, 5.0, size=256, chrome=True)):
         if index == 6:
             cv2.imwrite(str(out_dir / "phantom_cine_frame.png"), screen, _PNG)

@@ -1,4 +1,4 @@
-"""Out-of-distribution statistics of the 512-d pooled features (numpy only; written to ``ood.npz``).
+"""Out-of-distribution statistics of feature vectors (numpy only; fitted at training, written to ``ood.npz``).
 
 Mahalanobis distance to the training standard-plane frames, with a Ledoit-Wolf shrunk covariance: with a
 few hundred frames and 512 dimensions the sample covariance is singular, and shrinkage towards a scaled

@@ -1,4 +1,4 @@
-"""The whole-pelvis X-ray network: what ``sonogate export`` turns into an XR bundle's ``model.onnx``.
+"""The hip_xr task's network: what ``sonogate export`` turns into a whole-pelvis bundle's ``model.onnx``.
 
 image (N, 1, S, S), the letterboxed AP pelvis, normalised
   -> encoder (ResNet-18, 1 channel, SimSiam-pretrained, frozen) -> layer2, layer3, layer4, pooled (N, 512)
