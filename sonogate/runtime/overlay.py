@@ -1,6 +1,10 @@
 """Draw what the sonographer sees: recommendation banner, measurements with bounds, Graf type, quality, speed,
 and a 1 cm scale bar in the image when the event carries ``mm_per_pixel``.
 
+On a scanner the bundle is not calibrated for (event ``scanner_status`` "not_calibrated", no fault) the banner
+says so in its own colour, with the instruction on a second line, and the panel shows no numbers: alpha, beta,
+coverage, Graf type and the plane bar come from a model outside its domain (docs/safety.md says why).
+
 Input: the captured BGR frame, the ROI, and the event dict of that frame. Output: an annotated BGR image
 (the frame is copied into a reused canvas; the capture buffer is never written to).
 """
@@ -21,6 +25,10 @@ COLOURS = {  # BGR
 UNITS = {"alpha_deg": "deg", "beta_deg": "deg", "coverage_pct": "%"}
 LABELS = {"alpha_deg": "alpha", "beta_deg": "beta", "coverage_pct": "coverage"}
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+NOT_CALIBRATED_COLOUR = (150, 40, 150)  # BGR purple: none of the recommendation colours
+NOT_CALIBRATED_BANNER = ("NOT CALIBRATED FOR THIS SCANNER", "adapt the bundle to this scanner (docs/site.md)")
+NOT_CALIBRATED_PANEL = ("measurements hidden: the model is", "outside its calibrated domain.",
+                        "Label sweeps from this scanner", "(sonogate label), then adapt", "the bundle (docs/site.md)")
 
 
 class OverlayRenderer:
@@ -31,6 +39,12 @@ class OverlayRenderer:
     def __init__(self):
         self._canvas: np.ndarray | None = None
         self.xray_lines: list[str] = []  # the latest radiograph's result (sonogate run --xr-bundle)
+        self.banner_lines: tuple[str, ...] = ()  # what the last ``render`` put in the banner
+        self.drawn_text: list[str] = []  # every text the last ``render`` drew, in order (for reports and tests)
+
+    def _text(self, canvas: np.ndarray, text: str, org, scale: float, colour, thickness: int = 1) -> None:
+        self.drawn_text.append(text)
+        cv2.putText(canvas, text, org, FONT, scale, colour, thickness, cv2.LINE_AA)
 
     def render(self, frame: np.ndarray, roi, event: dict) -> np.ndarray:
         height, width = frame.shape[:2]
@@ -39,26 +53,60 @@ class OverlayRenderer:
         if self._canvas is None or self._canvas.shape != shape:
             self._canvas = np.empty(shape, dtype=np.uint8)
         canvas = self._canvas
+        self.drawn_text = []
         canvas[:] = 24
         canvas[:height, :width] = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         recommendation = event["recommendation"]
-        colour = COLOURS.get(recommendation, (110, 110, 110))
+        not_calibrated = event.get("scanner_status") == "not_calibrated" and not event.get("fault")
+        colour = NOT_CALIBRATED_COLOUR if not_calibrated else COLOURS.get(recommendation, (110, 110, 110))
         if roi is not None:
             x, y, w, h = (int(v) for v in roi)
             cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), colour, 2)
         _scale_bar(canvas, roi if roi is not None else (0, 0, width, height), event.get("mm_per_pixel"))
 
-        # banner across the image: the recommendation in large type
-        text = DISPLAY_TEXT.get(Recommendation(recommendation), recommendation)
-        cv2.rectangle(canvas, (0, 0), (width - 1, 44), colour, -1)
-        scale = 0.9 if len(text) < 24 else 0.6
-        cv2.putText(canvas, text, (10, 31), FONT, scale, (255, 255, 255), 2, cv2.LINE_AA)
+        if not_calibrated:
+            self._not_calibrated_banner(canvas, width, colour)
+        else:
+            # banner across the image: the recommendation in large type
+            text = DISPLAY_TEXT.get(Recommendation(recommendation), recommendation)
+            cv2.rectangle(canvas, (0, 0), (width - 1, 44), colour, -1)
+            scale = 0.9 if len(text) < 24 else 0.6
+            self._text(canvas, text, (10, 31), scale, (255, 255, 255), 2)
+            self.banner_lines = (text,)
 
         x0, y = width + 12, 28
         hip = event.get("hip", "R")
-        cv2.putText(canvas, f"hip: {'right' if hip == 'R' else 'left'}", (x0, y), FONT, 0.55, (230, 230, 230), 1,
-                    cv2.LINE_AA)
+        self._text(canvas, f"hip: {'right' if hip == 'R' else 'left'}", (x0, y), 0.55, (230, 230, 230))
         y += 28
+        if not_calibrated:
+            # no numbers from a model outside its domain (the event keeps them for the log)
+            for line in NOT_CALIBRATED_PANEL:
+                self._text(canvas, line, (x0, y), 0.45, (255, 255, 255))
+                y += 20
+            y += 10
+            if event.get("refusal"):  # this frame was also refused by an image gate: its reason
+                for chunk in _wrap(str(event.get("reason") or ""), 34)[:3]:
+                    self._text(canvas, chunk, (x0, y), 0.42, (200, 200, 200))
+                    y += 17
+                y += 10
+        else:
+            y = self._measurements(canvas, event, x0, y)
+        y = self._footer(canvas, event, x0, y, shape, show_reason=not not_calibrated)
+        return canvas
+
+    def _not_calibrated_banner(self, canvas: np.ndarray, width: int, colour) -> None:
+        """Two lines over the image, each scaled down to fit its width (never below a readable minimum)."""
+        cv2.rectangle(canvas, (0, 0), (width - 1, 64), colour, -1)
+        for (text, largest, thickness), baseline in zip(((NOT_CALIBRATED_BANNER[0], 0.8, 2),
+                                                         (NOT_CALIBRATED_BANNER[1], 0.55, 1)), (28, 54)):
+            scale = largest
+            while scale > 0.35 and cv2.getTextSize(text, FONT, scale, thickness)[0][0] > width - 20:
+                scale -= 0.05
+            self._text(canvas, text, (10, baseline), scale, (255, 255, 255), thickness)
+        self.banner_lines = NOT_CALIBRATED_BANNER
+
+    def _measurements(self, canvas: np.ndarray, event: dict, x0: int, y: int) -> int:
+        """Values with bounds, Graf type and the standard-plane bar; returns the next free row."""
         measurements = event.get("measurements")
         for name in ("alpha_deg", "beta_deg", "coverage_pct"):
             label = LABELS[name]
@@ -74,44 +122,47 @@ class OverlayRenderer:
                     bound_line = f"  <= {value['upper_bound']:.1f} (upper bound)"
                 else:
                     bound_line = "  no finite bound"
-            cv2.putText(canvas, line, (x0, y), FONT, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+            self._text(canvas, line, (x0, y), 0.6, (255, 255, 255))
             y += 20
             if bound_line:
-                cv2.putText(canvas, bound_line, (x0, y), FONT, 0.45, (190, 190, 190), 1, cv2.LINE_AA)
+                self._text(canvas, bound_line, (x0, y), 0.45, (190, 190, 190))
             y += 22
         graf = event.get("graf_type")
-        cv2.putText(canvas, f"Graf type: {graf or '--'}", (x0, y), FONT, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        self._text(canvas, f"Graf type: {graf or '--'}", (x0, y), 0.6, (255, 255, 255))
         y += 30
 
         quality = event.get("plane_probability")
-        cv2.putText(canvas, "standard plane", (x0, y), FONT, 0.5, (230, 230, 230), 1, cv2.LINE_AA)
+        self._text(canvas, "standard plane", (x0, y), 0.5, (230, 230, 230))
         y += 8
         cv2.rectangle(canvas, (x0, y), (x0 + 200, y + 12), (80, 80, 80), 1)
         if quality is not None:
             fill = int(200 * max(0.0, min(1.0, quality)))
             bar_colour = (60, 170, 40) if quality >= 0.5 else (0, 170, 230)
             cv2.rectangle(canvas, (x0, y), (x0 + fill, y + 12), bar_colour, -1)
-        y += 32
-        reason = str(event.get("reason") or "")
-        for chunk in _wrap(reason, 34)[:3]:
-            cv2.putText(canvas, chunk, (x0, y), FONT, 0.42, (200, 200, 200), 1, cv2.LINE_AA)
-            y += 17
-        y += 10
+        return y + 32
+
+    def _footer(self, canvas: np.ndarray, event: dict, x0: int, y: int, shape, show_reason: bool) -> int:
+        """Reason, speed, dropped frames, the latest radiograph and the keys."""
+        if show_reason:
+            reason = str(event.get("reason") or "")
+            for chunk in _wrap(reason, 34)[:3]:
+                self._text(canvas, chunk, (x0, y), 0.42, (200, 200, 200))
+                y += 17
+            y += 10
         latency = event.get("latency_ms")
         fps = event.get("fps")
         speed = f"latency {latency:.0f} ms" if latency is not None else "latency --"
         if fps:
             speed += f"  {fps:.0f} fps"
-        cv2.putText(canvas, speed, (x0, y), FONT, 0.45, (200, 200, 200), 1, cv2.LINE_AA)
+        self._text(canvas, speed, (x0, y), 0.45, (200, 200, 200))
         y += 18
-        cv2.putText(canvas, f"dropped {event.get('dropped_frames', 0)}", (x0, y), FONT, 0.45, (200, 200, 200), 1,
-                    cv2.LINE_AA)
+        self._text(canvas, f"dropped {event.get('dropped_frames', 0)}", (x0, y), 0.45, (200, 200, 200))
         for line in self.xray_lines[:4]:
             y += 18
-            cv2.putText(canvas, line, (x0, y), FONT, 0.42, (230, 210, 120), 1, cv2.LINE_AA)
-        cv2.putText(canvas, "keys: f freeze  r reset  n next hip  q quit", (x0, shape[0] - 12), FONT, 0.38,
-                    (150, 150, 150), 1, cv2.LINE_AA)
-        return canvas
+            self._text(canvas, line, (x0, y), 0.42, (230, 210, 120))
+        self._text(canvas, "keys: f freeze  r reset  n next hip  q quit", (x0, shape[0] - 12), 0.38,
+                   (150, 150, 150))
+        return y
 
 
 def _scale_bar(canvas: np.ndarray, roi, mm_per_pixel: float | None) -> None:

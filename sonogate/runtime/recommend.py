@@ -9,7 +9,9 @@ Safety properties (tested):
   standard-plane frames, confirmed on ``confirm_frames`` consecutive frames;
 - any fault (no frame, model error, non-finite output, missing or stale calibration) shows
   "no_recommendation" at once and clears the frame buffer;
-- leaving "us_sufficient" is immediate; only entering it needs confirmation.
+- leaving "us_sufficient" is immediate; only entering it needs confirmation;
+- on a source the session judged out of the model's domain (``out_of_domain``: a scanner the bundle was not
+  calibrated for) nothing is aggregated and "insufficient_image" is shown at once.
 """
 
 from __future__ import annotations
@@ -161,6 +163,19 @@ class Recommender:
             return self._settle(Recommendation.NO_RECOMMENDATION, "no valid calibration for this bundle", None,
                                 self._buffer.count)
         return self._settle(Recommendation.INSUFFICIENT_IMAGE, f"image refused: {reason}", None, self._buffer.count)
+
+    def out_of_domain(self, reason: str) -> Decision:
+        """The session judged the whole image source out of the model's domain (a scanner it was not
+        calibrated for: ``Session.scanner_status``). No frame of that source is trusted, even one that passes the
+        per-frame checks: the buffer is cleared and "insufficient_image" is shown at once, with no measurements.
+        Without a calibration the state stays "no_recommendation", as it would anyway."""
+        self._buffer.clear()
+        self._pending, self._pending_count = None, 0
+        previous = self.state
+        self.state = Recommendation.INSUFFICIENT_IMAGE if self.calibration else Recommendation.NO_RECOMMENDATION
+        if self.calibration is None:
+            reason = "no valid calibration for this bundle"
+        return Decision(self.state, self.state, reason, None, 0, None, self.hip, self.state != previous)
 
     def update(self, measurements: np.ndarray, plane_probability: float, usable: bool, t: float) -> Decision:
         """One processed frame. ``usable=False`` (out of distribution) keeps the frame out of the aggregate."""

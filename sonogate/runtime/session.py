@@ -13,13 +13,22 @@ Physical scale (events' ``mm_per_pixel`` / ``scale_source``): a capture source's
 ruler beside the ROI is measured (``sonogate.runtime.scale``) when the ROI changes, after ``reset`` and every
 ``RULER_RECHECK_EVERY`` frames, never on every frame. The measurements are angles and ratios and do not use it:
 the scale is for display (the overlay's 1 cm bar) and reports.
+
+Scanner status (events' ``scanner_status``): a rolling record of whether the last ``ScannerDomainCheck.WINDOW``
+model-evaluated frames failed the bundle's image-statistics out-of-distribution check. When nearly all of them
+fail, the images come from a scanner (or a setting) the bundle was not calibrated for: the session is then "not
+calibrated for this scanner", refuses every frame with that reason and the instruction to adapt the bundle,
+and never reassures, until the share of failing frames has dropped well below (hysteresis). docs/safety.md says
+why the image check and not the feature check decides, and why the measurements are not displayed then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +42,92 @@ from sonogate.runtime.engine import ImageMeasurementModel
 from sonogate.runtime.gates import content_refusal, geometry_refusal
 from sonogate.runtime.model_api import create_model
 from sonogate.runtime.preprocess import FrameError
-from sonogate.runtime.recommend import Decision, Recommender, RecommenderConfig
+from sonogate.runtime.recommend import Decision, Recommendation, Recommender, RecommenderConfig
 from sonogate.runtime.roi import RoiTracker
 from sonogate.runtime.scale import RulerScale, estimate_ruler_scale
 
 # DicomImage.spacing_source (or an event's name for it) -> the event's scale_source
 _SCALE_SOURCES = {"ultrasound_regions": "dicom_regions", "dicom_regions": "dicom_regions",
                   "pixel_spacing": "pixel_spacing", "imager_pixel_spacing": "pixel_spacing"}
+
+
+SCANNER_CALIBRATED = "calibrated"
+SCANNER_NOT_CALIBRATED = "not_calibrated"
+# The instruction names what a site can do today (label sweeps) and where the rest is explained: 'sonogate adapt'
+# does not exist yet in this version, and an on-screen command that fails would be worse than none.
+NOT_CALIBRATED_REASON = ("not calibrated for this scanner: images differ from the training/calibration data; "
+                         "label sweeps from this scanner and adapt the bundle to it (docs/site.md)")
+
+
+class ScannerDomainCheck:
+    """Whether the image source as a whole is out of the bundle's domain, from per-frame check results.
+
+    Input per model-evaluated frame (``record``): True when the frame failed the image-statistics check.
+    Output: ``status`` "calibrated" | "not_calibrated". It turns "not_calibrated" once the last ``window`` frames
+    are all recorded and at least ``enter_share`` of them failed, and back to "calibrated" when the share drops
+    below ``exit_share``. Defaults: 45 frames (3 s at 15 fps), 90 % in, below 50 % out. Why these: on the demo's
+    phantom cine (a scanner the bundle was trained on) the share peaks at 67 % (the first 45 frames, while the
+    ROI settles) and is otherwise near 0; on real scanners it is 100 % (docs/safety.md), so 90 % keeps a margin on
+    both sides; the wide gap to 50 % keeps the banner from flickering at the edge.
+    """
+
+    WINDOW = 45
+    ENTER_SHARE = 0.9
+    EXIT_SHARE = 0.5
+
+    def __init__(self, window: int = WINDOW, enter_share: float = ENTER_SHARE, exit_share: float = EXIT_SHARE):
+        if window < 1 or not (0.0 < exit_share <= enter_share <= 1.0):
+            raise SonogateError(f"scanner check needs window >= 1 and 0 < exit_share <= enter_share <= 1, got "
+                                f"{window}, {exit_share}, {enter_share}")
+        self.window, self.enter_share, self.exit_share = int(window), float(enter_share), float(exit_share)
+        self._failed_frames: deque[bool] = deque(maxlen=self.window)
+        self._failed_count = 0
+        self.calibrated = True
+
+    @property
+    def status(self) -> str:
+        return SCANNER_CALIBRATED if self.calibrated else SCANNER_NOT_CALIBRATED
+
+    @property
+    def seen(self) -> int:
+        """Frames in the record (at most ``window``)."""
+        return len(self._failed_frames)
+
+    @property
+    def failed_share(self) -> float:
+        """Share of the recorded frames that failed the check (0 with none recorded)."""
+        return self._failed_count / len(self._failed_frames) if self._failed_frames else 0.0
+
+    def record(self, failed: bool) -> str:
+        """Add one frame's result; returns the status after it."""
+        if len(self._failed_frames) == self.window:
+            self._failed_count -= self._failed_frames[0]
+        self._failed_frames.append(bool(failed))
+        self._failed_count += bool(failed)
+        share = self.failed_share
+        if self.calibrated and self.seen == self.window and share >= self.enter_share:
+            self.calibrated = False
+        elif not self.calibrated and share < self.exit_share:
+            self.calibrated = True
+        return self.status
+
+    def clear(self) -> None:
+        self._failed_frames.clear()
+        self._failed_count = 0
+        self.calibrated = True
+
+
+def failed_image_check(result) -> bool | None:
+    """Whether a FrameResult failed the image-statistics check (NaN fails); None when the bundle has none.
+
+    Only the image statistics decide the scanner status: they describe how the scanner renders tissue. The
+    feature check also fails on unusual anatomy of a calibrated scanner (on the demo cine, most frames of the
+    dysplastic hip), and a session must not call a dysplastic hip "an uncalibrated scanner" and drop its
+    X-ray recommendation.
+    """
+    if result.image_ood_distance is None or result.image_ood_threshold is None:
+        return None
+    return not (result.image_ood_distance <= result.image_ood_threshold)
 
 
 class Session:
@@ -70,6 +158,8 @@ class Session:
         self.roi_tracker = RoiTracker(manual=roi) if (roi is not None or detect_roi) else None
         self.frame_index = 0
         self.last_roi: tuple[int, int, int, int] | None = roi
+        # scanner-level domain check; bundles without image statistics never leave "calibrated"
+        self.scanner_check = ScannerDomainCheck()
         self._stage_ms = {"roi": 0.0, "preprocess": 0.0, "infer": 0.0, "decide": 0.0}
         self._geometry_refusal: str | None = None
         self._geometry_countdown = 0
@@ -99,6 +189,11 @@ class Session:
         except OSError as exc:
             raise CalibrationError(f"cannot read calibration {path}: {exc}") from None
         return calibration, calibration_hash
+
+    @property
+    def scanner_status(self) -> str:
+        """"calibrated" | "not_calibrated" (``ScannerDomainCheck``)."""
+        return self.scanner_check.status
 
     @property
     def device_name(self) -> str:
@@ -138,8 +233,14 @@ class Session:
                 elif not result.finite:
                     fault_reason = "model output not finite"
                 else:
-                    decision = self.recommender.update(result.measurements, result.plane_probability,
-                                                       usable=not result.out_of_distribution, t=t_capture)
+                    failed = failed_image_check(result)
+                    if failed is not None:
+                        self.scanner_check.record(failed)
+                    if not self.scanner_check.calibrated:
+                        decision = self.recommender.out_of_domain(NOT_CALIBRATED_REASON)
+                    else:
+                        decision = self.recommender.update(result.measurements, result.plane_probability,
+                                                           usable=not result.out_of_distribution, t=t_capture)
                 stages["decide"] = (time.perf_counter() - t3) * 1e3
             except FrameError as exc:
                 fault_reason = f"unreadable frame: {exc}"
@@ -147,6 +248,15 @@ class Session:
                 fault_reason = f"model error: {type(exc).__name__}: {exc}"
         if fault_reason is not None:
             decision = self.recommender.fault(fault_reason)
+        elif not self.scanner_check.calibrated:
+            if Recommendation.US_SUFFICIENT in (decision.recommendation, decision.candidate):
+                # unreachable by construction (out_of_domain and refuse never reassure); kept as a run-time
+                # guard that python -O cannot strip: fail safe as a fault rather than reassure
+                fault_reason = "internal error: reassurance on a scanner the bundle is not calibrated for"
+                decision = self.recommender.fault(fault_reason)
+            elif decision.recommendation == Recommendation.INSUFFICIENT_IMAGE and refusal is None:
+                # a frame the image gates refused keeps the gate's reason (a sector probe is no matter for adapt)
+                decision = dataclasses.replace(decision, reason=NOT_CALIBRATED_REASON)
         event = self._event(decision, result, t_capture, fault_reason, dropped_frames)
         event["refusal"] = refusal if fault_reason is None else None
         if self.audit is not None:
@@ -217,8 +327,13 @@ class Session:
         self.scale_source = None if self.ruler is None else self.ruler.source
 
     def reset(self, next_hip: bool = False, roi: tuple[int, int, int, int] | None = None) -> None:
-        """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region."""
+        """Forget the current hip's frames (``next_hip`` switches R/L); ``roi`` fixes a new image region.
+
+        The scanner record starts again too: ``sonogate analyze`` resets between files, which may come from
+        different scanners, and a new ROI may have been the cause. Frames failing the checks are still refused
+        one by one meanwhile; the status returns after ``ScannerDomainCheck.WINDOW`` frames."""
         self.recommender.reset(next_hip=next_hip)
+        self.scanner_check.clear()
         if self.roi_tracker is not None and self.roi_tracker.manual is None:
             self.roi_tracker.reset()  # the scanner layout may have changed between hips
         self._geometry_countdown, self._geometry_hold, self._geometry_refusal = 0, 0, None
@@ -253,6 +368,7 @@ class Session:
             "image_ood_distance": None if result is None or result.image_ood_distance is None
             or not math.isfinite(result.image_ood_distance) else round(result.image_ood_distance, 3),
             "out_of_distribution": None if result is None else bool(result.out_of_distribution),
+            "scanner_status": self.scanner_check.status,
             "accepted_frames": decision.accepted_frames,
             "dropped_frames": dropped,
             "roi": None if self.last_roi is None else [int(v) for v in self.last_roi],
