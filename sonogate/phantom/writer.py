@@ -65,14 +65,15 @@ def _check_args(out_dir, n: int, size: int) -> Path:
     return root
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool, unit: str = "img"):
+    """``iterable`` with a tqdm bar on stderr when ``enabled`` and stderr is a terminal (every phantom writer's)."""
     if not enabled:
         return iterable
     try:
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="img", disable=not sys.stderr.isatty())
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty())
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
@@ -199,7 +200,7 @@ def write_us_dataset(
                     yield row
             infant += 1
 
-    _write_csv(root / "labels.csv", US_COLUMNS, _progress(rows(), n, "phantom US", progress))
+    _write_csv(root / "labels.csv", US_COLUMNS, progress_bar(rows(), n, "phantom US", progress))
     return root
 
 
@@ -231,7 +232,7 @@ def write_xr_dataset(out_dir: str | Path, n: int, seed: int, size: int = 256, pr
                        "ce_deg": ce, "ihdi": grade, "severity": severity, "age_months": params.age_months,
                        **landmark_cols}
 
-    _write_csv(root / "labels.csv", XR_COLUMNS, _progress(rows(), 2 * n, "phantom XR", progress))
+    _write_csv(root / "labels.csv", XR_COLUMNS, progress_bar(rows(), 2 * n, "phantom XR", progress))
     return root
 
 

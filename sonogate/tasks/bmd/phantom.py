@@ -65,7 +65,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,6 +73,7 @@ import cv2
 import numpy as np
 
 from sonogate.errors import DataError
+from sonogate.phantom.writer import progress_bar
 
 YOUNG_FEMALE_MEAN_G_CM2 = 0.858  # NHANES III femoral neck, white women 20-29 y
 YOUNG_FEMALE_SD_G_CM2 = 0.120
@@ -1218,16 +1218,6 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _progress(iterable: Iterable, total: int, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc="phantom BMD", unit="img", disable=not sys.stderr.isatty())
-
-
 def _check_count(name: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise DataError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -1292,7 +1282,7 @@ def write_bmd_phantom(out_dir: str | Path, n: int, seed: int, size: int = 512, d
         with open(root / "labels.csv", "w", newline="") as handle:
             table = csv.writer(handle)
             table.writerow(LABEL_COLUMNS)
-            for patient_id, name, subject, noise_seed in _progress(images(), n, progress):
+            for patient_id, name, subject, noise_seed in progress_bar(images(), n, "phantom BMD", progress):
                 result = render_radiograph(subject, np.random.default_rng(noise_seed), size)
                 if not cv2.imwrite(str(root / "images" / name), result.image):
                     raise DataError(f"cannot write image {root / 'images' / name}")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ import cv2
 import numpy as np
 
 from sonogate.errors import DataError
+from sonogate.phantom.writer import progress_bar
 
 CORTICES = ("ap_medial", "ap_lateral", "lat_anterior", "lat_posterior")
 HARDWARE = ("none", "nail", "plate")
@@ -1146,16 +1146,6 @@ def _format(value) -> str:
     return str(value)
 
 
-def _progress(iterable: Iterable, total: int, enabled: bool):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc="phantom RUST", unit="case", disable=not sys.stderr.isatty())
-
-
 def write_rust_phantom(out_dir: str | Path, n: int, seed: int, size: int = 384,
                        devices: str | Sequence[str] | None = None, progress: bool = True) -> Path:
     """Write ``n`` film pairs: ``out_dir/<case>/ap.png``, ``out_dir/<case>/lat.png`` and ``out_dir/labels.csv``
@@ -1205,7 +1195,7 @@ def write_rust_phantom(out_dir: str | Path, n: int, seed: int, size: int = 384,
         with open(path, "w", newline="") as handle:
             table = csv.writer(handle)
             table.writerow(RUST_COLUMNS)
-            for row in _progress(cases(), int(n), progress):
+            for row in progress_bar(cases(), int(n), "phantom RUST", progress, unit="case"):
                 table.writerow([_format(row.get(c, "")) for c in RUST_COLUMNS])
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
