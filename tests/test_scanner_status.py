@@ -308,3 +308,24 @@ def test_real_hip_cine_from_another_scanner_ends_not_calibrated(shared_data):
     assert all(e["out_of_distribution"] for e in events if e["refusal"] is None)
     assert events[-1]["scanner_status"] == "not_calibrated" and events[-1]["reason"] == NOT_CALIBRATED_REASON
     assert not any(e["recommendation"] == "us_sufficient" for e in events)
+
+
+def test_analyze_says_not_calibrated_for_every_real_hip_cine_of_another_scanner(shared_data, tmp_path):
+    """The issue's first complaint: `sonogate analyze` on the 12 real Radiopaedia cines said only "out of
+    distribution" (0 usable frames), with no word on why. A stored cine is judged as a whole by the live rule's
+    share (most are shorter than the live window), so each file now says the scanner is not calibrated."""
+    from sonogate.runtime.analyze import AnalyzeOptions, analyze
+
+    folder = shared_data / "hip-radiopaedia-ddh" / "dicoms" / "ultrasound"
+    bundle = Path(__file__).resolve().parents[1] / "demo" / "bundle"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    picked = sorted(folder.glob("*.dcm"))[:3]
+    summary = analyze(picked, AnalyzeOptions(bundle=str(bundle), out=str(tmp_path / "out"), write_dicom=False,
+                                             device="ort-cpu", progress=False))
+    assert len(summary.records) == 3
+    for record in summary.records:
+        result = record["result"]
+        assert result["scanner_status"] == "not_calibrated" and result["reason"] == NOT_CALIBRATED_REASON
+        assert result["recommendation"] == "insufficient_image" and result["measurements"] is None
+        assert record["frames"]["image_check_failed"] == record["frames"]["processed"] > 0

@@ -52,6 +52,7 @@ from sonogate.data.dicom import DicomImage, is_dicom_file, read_dicom
 from sonogate.errors import DataError, SonogateError
 from sonogate.measurements import US_MEASUREMENTS, XR_MEASUREMENTS
 from sonogate.runtime.model_api import IMAGE_KINDS, Model, described_manifest, load_image_model
+from sonogate.runtime.session import NOT_CALIBRATED_REASON, SCANNER_NOT_CALIBRATED, ScannerDomainCheck
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
@@ -464,9 +465,14 @@ class Analyzer:
         event: dict[str, Any] | None = None
         last_frame: np.ndarray | None = None
         t_start = time.perf_counter()
+        image_check = session.engine.image_ood
+        image_checked = image_failed = 0
         for index, frame in enumerate(image.iter_frames()):
             event = session.process(frame, t_capture=t_start + index * frame_time_ms / 1000.0)
             counts["processed"] += 1
+            if image_check is not None and event.get("image_ood_distance") is not None:
+                image_checked += 1
+                image_failed += not event["image_ood_distance"] <= image_check.threshold
             if event.get("fault"):
                 counts["faulted"] += 1
             elif event.get("out_of_distribution"):
@@ -483,6 +489,17 @@ class Analyzer:
             counts["total"] = counts["processed"]  # a video's header frame count is an estimate
         counts["accepted_in_final_window"] = int(event.get("accepted_frames") or 0)
         candidate = event.get("candidate")
+        # A stored cine is often shorter than the live session's 45-frame window: judge the whole file by the
+        # live rule's share, so a sweep from an unknown scanner says why it was refused, not only "out of
+        # distribution" frame by frame
+        scanner_status = event.get("scanner_status")
+        if image_checked and image_failed / image_checked >= ScannerDomainCheck.ENTER_SHARE:
+            scanner_status = SCANNER_NOT_CALIBRATED
+            if event["recommendation"] != "no_recommendation":
+                event = dict(event, recommendation="insufficient_image", candidate="insufficient_image",
+                             reason=NOT_CALIBRATED_REASON, measurements=None, graf_type=None)
+                candidate = event["candidate"]
+        counts["image_check_failed"] = image_failed
         if candidate and candidate != event["recommendation"]:
             # the displayed state changes only after confirming frames; say why the cine ended where it did
             event = dict(event, reason=f"{candidate} not confirmed by the end of the cine "
@@ -500,6 +517,7 @@ class Analyzer:
                 "measurements": event.get("measurements"),
                 "plane_probability_last": event.get("plane_probability"),
                 "fault": event.get("fault"),
+                "scanner_status": scanner_status,
             },
             "policy": None if calibration is None else {
                 "delta": calibration.delta, "rule": calibration.rule, "mode": calibration.mode,
