@@ -101,7 +101,7 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
     with open(out / "analysis.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0].keys()) == CSV_COLUMNS
-    return {row["input"]: row for row in rows}
+    return {Path(row["input"]).name: row for row in rows}  # the column holds the path as given
 
 
 def test_batch_reports_a_bad_file_and_goes_on(tmp_path, bundles, capsys):

@@ -47,7 +47,7 @@ def analysed(tmp_path_factory):
     summary = analyze([root / "in"], AnalyzeOptions(bundle=bundle, out=root / "out", progress=False))
     assert summary.exit_code == 0, [r["error"] for r in summary.records]
     return {"root": root, "out": root / "out", "bundle": bundle, "source": source,
-            "records": {r["input"]: r for r in summary.records}}
+            "records": {Path(r["input"]).name: r for r in summary.records}}
 
 
 def test_sr_holds_values_units_bounds_delta_and_recommendation(analysed):

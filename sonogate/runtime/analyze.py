@@ -346,7 +346,7 @@ class Analyzer:
     # -- per file -----------------------------------------------------------------------------------------
     def analyze_file(self, path: Path, stem: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"input": str(path.name), "status": "error", "error": None, "kind": None,
+        record: dict[str, Any] = {"input": str(path), "status": "error", "error": None, "kind": None,
                                   "sonogate_version": __version__}
         try:
             suffix = path.suffix.lower()
