@@ -1,0 +1,352 @@
+"""Vertebra completion from an ultrasound cloud and a lateral X-ray (seed 002, US-X Complete), pure PyTorch.
+
+A lean, CPU-sized version of the paper's VRCNet-based two-stage network, exportable to ONNX:
+
+* **Encoders** (``PointEncoder``): PCN-style PointNets (shared per-point MLP, max pool, the pooled feature
+  concatenated back to every point, a second shared MLP, max pool) for the ultrasound cloud, the X-ray 2.5D
+  cloud and, in training only, the complete cloud.
+* **Coarse stage** (probabilistic, VRCNet's two paths): the *prior* head maps the partial-input feature to a
+  Gaussian over a 64-d latent; the *posterior* head maps the complete cloud's feature to another. Training
+  decodes both (completion path: the prior; reconstruction path: a sample of the posterior) and adds
+  the KL terms KL(N(0, I) || posterior) + KL(stop-grad(posterior) || prior). The completion path decodes the
+  prior's MEAN in training as at inference (VRCNet samples it in training; a decoder trained on samples and run
+  on the mean measured 1.5-2x worse in chamfer here). Inference: no sampling, the same output for the same
+  input. **Early fusion**: the ultrasound and X-ray global features are concatenated and mixed by an MLP
+  before the prior head, so the coarse decoder (an MLP, 512 points) sees both.
+* **Refinement** (deterministic, folding / offset style): every point of the coarse cloud and of the inputs is
+  embedded with a one-hot source code (coarse / ultrasound / X-ray: **late fusion**); a global max pool over all
+  of them, and for each coarse point local max pools over its 8 nearest ultrasound points (3D) and its 8
+  nearest X-ray points (matched in the projection plane (y, z) only: the lateral coordinate is what a lateral
+  radiograph loses), summed, give per-point features (one neighbour search over both clouds together let the
+  dense X-ray points crowd out the ultrasound ones: in a first short run that trained worse than ultrasound
+  alone); each coarse point is unfolded into 4 children by a 2 x 2 grid code and an MLP predicts each child's
+  offset: 512 x 4 = 2,048 points.
+
+Ablation switches (``MODES``): "us" (ultrasound only, both stages), "xray" (X-ray only, both stages),
+"early" (both at the coarse stage, ultrasound only at refinement), "late" (ultrasound only at the coarse stage,
+both at refinement), "early+late" (both at both).
+
+Normalisation (inside the graph, so ONNX users feed and receive mm): both clouds are shifted by the
+ultrasound cloud's centroid (the X-ray cloud's in mode "xray", the only input there) and divided by
+``SCALE_MM`` = 100 mm, the paper's convention (its VerSe meshes are centred and scaled by 1/100, so 0.01 is
+1 mm); outputs are mapped back to mm in the input frame. Losses and ``chamfer`` work in the normalised units.
+
+Chamfer distance is computed with ``torch.cdist`` (matrix ops, no custom kernels); nearest neighbours for the
+local pooling with a matrix-product distance and ``topk``; furthest-point sampling is not used in the graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sonogate.errors import SonogateError
+
+MODES = ("us", "xray", "early", "late", "early+late")
+N_POINTS = 2048
+N_COARSE = 512
+UP_RATIO = N_POINTS // N_COARSE
+SCALE_MM = 100.0  # the paper's unit: mm / 100
+LATENT_SIZE = 64
+FEATURE_SIZE = 256
+N_NEIGHBOURS = 8
+COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
+INPUT_NAMES = ("us_points", "xray_points")
+OUTPUT_NAMES = ("completed", "coarse")
+OPSET = 17
+# source codes (one-hot) of the late fusion
+SOURCE_COARSE, SOURCE_US, SOURCE_XRAY = 0, 1, 2
+
+
+def mode_sources(mode: str) -> dict[str, bool]:
+    """Which inputs each stage uses in ``mode``: keys coarse_us, coarse_xray, refine_us, refine_xray."""
+    if mode not in MODES:
+        raise SonogateError(f"unknown completion mode {mode!r}; expected one of {', '.join(MODES)}")
+    coarse_us = mode != "xray"
+    coarse_xray = mode in ("xray", "early", "early+late")
+    refine_us = mode != "xray"
+    refine_xray = mode in ("xray", "late", "early+late")
+    return {"coarse_us": coarse_us, "coarse_xray": coarse_xray, "refine_us": refine_us, "refine_xray": refine_xray}
+
+
+# ------------------------------------------------------------------------------------------------ chamfer
+
+def nearest_squared(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared nearest-neighbour distances both ways: (a -> b (B, Na), b -> a (B, Nb)), by ``torch.cdist``."""
+    dist = torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")  # (B, Na, Nb)
+    return dist.min(dim=2).values ** 2, dist.min(dim=1).values ** 2
+
+
+def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cloud Chamfer distances of (B, Na, 3) and (B, Nb, 3) in their units, VRCNet's convention.
+
+    Returns (cd_l1 (B,) = (mean nearest distance a->b + mean b->a) / 2, cd_l2 (B,) = mean squared nearest
+    distance a->b + mean b->a).
+    """
+    d_ab, d_ba = nearest_squared(a, b)
+    cd_l1 = (torch.sqrt(d_ab + 1e-12).mean(dim=1) + torch.sqrt(d_ba + 1e-12).mean(dim=1)) / 2
+    cd_l2 = d_ab.mean(dim=1) + d_ba.mean(dim=1)
+    return cd_l1, cd_l2
+
+
+def gaussian_kl(mu_a, std_a, mu_b, std_b) -> torch.Tensor:
+    """KL(N(mu_a, std_a) || N(mu_b, std_b)) per element (diagonal Gaussians)."""
+    return torch.log(std_b / std_a) + (std_a ** 2 + (mu_a - mu_b) ** 2) / (2 * std_b ** 2) - 0.5
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+class PointEncoder(nn.Module):
+    """PCN-style PointNet: (B, N, C) points -> (B, out_size) global feature (order-invariant)."""
+
+    def __init__(self, in_channels: int = 3, width: int = 32, out_size: int = FEATURE_SIZE):
+        super().__init__()
+        self.first = nn.Sequential(nn.Conv1d(in_channels, width, 1), nn.ReLU(), nn.Conv1d(width, width, 1))
+        self.second = nn.Sequential(nn.Conv1d(2 * width, 2 * width, 1), nn.ReLU(), nn.Conv1d(2 * width, 4 * width, 1))
+        self.out = nn.Linear(4 * width, out_size)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        local = self.first(points.transpose(1, 2))
+        pooled = local.max(dim=2, keepdim=True).values
+        return self.out(self.second(torch.cat([local, pooled.expand_as(local)], dim=1)).max(dim=2).values)
+
+
+class LinearResBlock(nn.Module):
+    """VRCNet's residual MLP block: in -> in -> out with a linear shortcut."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_size, in_size)
+        self.fc2 = nn.Linear(in_size, out_size)
+        self.shortcut = nn.Linear(in_size, out_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(x)))) + self.shortcut(x)
+
+
+def _gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mu, raw = params.chunk(2, dim=1)
+    return mu, nn.functional.softplus(raw) + 1e-4
+
+
+def _gather_points(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, N, C), index (B, M, K) -> (B, M, K, C) (GatherElements in ONNX)."""
+    batch, m_points, k = index.shape
+    flat = index.reshape(batch, m_points * k, 1).expand(-1, -1, values.shape[2])
+    return torch.gather(values, 1, flat).reshape(batch, m_points, k, values.shape[2])
+
+
+class Refiner(nn.Module):
+    """Late-fusion refinement: coarse (B, 512, 3) + input clouds with source codes -> (B, 4 x 512, 3).
+
+    ``two_sources``: the ultrasound and the X-ray cloud both come in (each gets its own neighbour MLP).
+    """
+
+    def __init__(self, feature_size: int = FEATURE_SIZE, embed: int = 32, local: int = 64, hidden: int = 128,
+                 two_sources: bool = False):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Conv1d(6, embed, 1), nn.ReLU(), nn.Conv1d(embed, embed, 1))
+        self.global_mlp = nn.Conv1d(embed, 2 * embed, 1)
+        # first layer of the neighbour MLP, split: per input point (features) + per pair (relative position)
+        self.local_point = nn.Linear(embed, local)
+        self.local_offset = nn.Linear(3, local, bias=False)
+        self.local_second = nn.Linear(local, local)
+        if two_sources:  # the second input (X-ray) gets its own
+            self.local_point_xray = nn.Linear(embed, local)
+            self.local_offset_xray = nn.Linear(3, local, bias=False)
+            self.local_second_xray = nn.Linear(local, local)
+        self.parent_point = nn.Conv1d(embed + local, hidden, 1)
+        self.parent_global = nn.Linear(2 * embed + feature_size, hidden)
+        self.grid_code = nn.Linear(2, hidden, bias=False)
+        self.child = nn.Sequential(nn.ReLU(), nn.Conv1d(hidden, 64, 1), nn.ReLU(), nn.Conv1d(64, 3, 1))
+        side = torch.linspace(-0.05, 0.05, 2)
+        grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), dim=-1).reshape(UP_RATIO, 2)
+        self.register_buffer("grid", grid, persistent=False)
+
+    @staticmethod
+    def _with_source(points: torch.Tensor, source: int) -> torch.Tensor:
+        code = torch.zeros(points.shape[0], points.shape[1], 3, dtype=points.dtype, device=points.device)
+        code[:, :, source] = 1.0
+        return torch.cat([points, code], dim=2)
+
+    @staticmethod
+    def _local(coarse: torch.Tensor, xyz: torch.Tensor, embedded: torch.Tensor, source: int,
+               layers: tuple[nn.Module, nn.Module, nn.Module]) -> torch.Tensor:
+        """Max-pooled neighbour feature (B, Nc, L) of each coarse point over its nearest points of one input.
+
+        X-ray points are matched in the projection plane (y, z) and their lateral offset is zeroed: a lateral
+        radiograph has no x. Ultrasound points are matched in 3D.
+        """
+        point_layer, offset_layer, second_layer = layers
+        if source == SOURCE_XRAY:
+            mask = torch.tensor([0.0, 1.0, 1.0], dtype=xyz.dtype, device=xyz.device)
+            coarse_used, xyz_used = coarse * mask, xyz * mask
+        else:
+            coarse_used, xyz_used = coarse, xyz
+        dist2 = ((coarse_used ** 2).sum(2, keepdim=True) + (xyz_used ** 2).sum(2).unsqueeze(1)
+                 - 2 * coarse_used @ xyz_used.transpose(1, 2))
+        neighbours = torch.topk(dist2, N_NEIGHBOURS, dim=2, largest=False).indices  # (B, Nc, K)
+        relative = _gather_points(xyz_used, neighbours) - coarse_used.unsqueeze(2)
+        pair = torch.relu(_gather_points(point_layer(embedded), neighbours) + offset_layer(relative / 0.05))
+        return second_layer(pair).max(dim=2).values
+
+    def forward(self, coarse: torch.Tensor, inputs: list[tuple[torch.Tensor, int]],
+                feature: torch.Tensor) -> torch.Tensor:
+        batch, n_coarse, _ = coarse.shape
+        tagged = [self._with_source(coarse, SOURCE_COARSE)] + [self._with_source(p, s) for p, s in inputs]
+        embedded = self.embed(torch.cat(tagged, dim=1).transpose(1, 2))  # (B, E, Nc + Ni)
+        global_late = self.global_mlp(embedded).max(dim=2).values  # (B, 2E): every source, one-hot coded
+        local = 0.0
+        start = n_coarse
+        for index, (points, source) in enumerate(inputs):
+            suffix = "" if index == 0 else "_xray"
+            layers = (getattr(self, "local_point" + suffix), getattr(self, "local_offset" + suffix),
+                      getattr(self, "local_second" + suffix))
+            part = embedded[:, :, start:start + points.shape[1]].transpose(1, 2)
+            local = local + self._local(coarse, points, part, source, layers)
+            start = start + points.shape[1]  # not +=: under ONNX tracing the sizes are tensors, += would alter n_coarse
+        parent = (self.parent_point(torch.cat([embedded[:, :, :n_coarse], local.transpose(1, 2)], dim=1))
+                  + self.parent_global(torch.cat([global_late, feature], dim=1)).unsqueeze(2))  # (B, H, Nc)
+        children = parent.unsqueeze(3) + self.grid_code(self.grid).transpose(0, 1).reshape(1, -1, 1, UP_RATIO)
+        offsets = self.child(children.reshape(batch, -1, n_coarse * UP_RATIO))  # (B, 3, Nc * R)
+        centres = coarse.unsqueeze(2).expand(-1, -1, UP_RATIO, -1).reshape(batch, n_coarse * UP_RATIO, 3)
+        return centres + offsets.transpose(1, 2)
+
+
+class CompletionNet(nn.Module):
+    """The two-stage completion network (module docstring). ``forward`` takes and returns mm.
+
+    ``n_coarse`` coarse points give 4 x ``n_coarse`` completed ones (512 -> 2,048; smaller only for quick tests).
+    """
+
+    def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
+                 encoder_width: int = 32, n_coarse: int = N_COARSE):
+        super().__init__()
+        self.mode = mode
+        self.n_coarse = n_coarse
+        self.sources = mode_sources(mode)
+        self.latent_size = latent_size
+        self.us_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_us"] else None
+        self.xray_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_xray"] else None
+        self.complete_encoder = PointEncoder(3, encoder_width, feature_size)
+        both = self.sources["coarse_us"] and self.sources["coarse_xray"]
+        # early fusion: the two global features, concatenated, mixed back to one
+        self.fusion = nn.Sequential(nn.Linear(2 * feature_size, 2 * feature_size), nn.ReLU(),
+                                    nn.Linear(2 * feature_size, feature_size), nn.ReLU()) if both else None
+        self.prior_head = nn.Sequential(LinearResBlock(feature_size, feature_size),
+                                        LinearResBlock(feature_size, 2 * latent_size))
+        self.posterior_head = LinearResBlock(feature_size, 2 * latent_size)
+        self.generator = LinearResBlock(latent_size, feature_size)
+        self.coarse_decoder = nn.Sequential(nn.Linear(feature_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                                            nn.Linear(512, n_coarse * 3))
+        self.refiner = Refiner(feature_size, two_sources=self.sources["refine_us"] and self.sources["refine_xray"])
+
+    def normalise(self, us_points: torch.Tensor, xray_points: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(us, xray) mm -> (us, xray) in SCALE_MM units about the centre, and the centre (B, 1, 3) mm."""
+        anchor = xray_points if self.mode == "xray" else us_points
+        centre = anchor.mean(dim=1, keepdim=True)
+        return (us_points - centre) / SCALE_MM, (xray_points - centre) / SCALE_MM, centre
+
+    def condition(self, us: torch.Tensor, xray: torch.Tensor) -> torch.Tensor:
+        """Global feature (B, F) of the partial inputs the coarse stage uses (early fusion when both)."""
+        if self.fusion is not None:
+            return self.fusion(torch.cat([self.us_encoder(us), self.xray_encoder(xray)], dim=1))
+        return self.us_encoder(us) if self.us_encoder is not None else self.xray_encoder(xray)
+
+    def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coarse (B, 512, 3) normalised, the feature the refinement sees (B, F))."""
+        feature = feature + self.generator(latent)
+        return self.coarse_decoder(feature).reshape(-1, self.n_coarse, 3), feature
+
+    def refine(self, coarse: torch.Tensor, feature: torch.Tensor, us: torch.Tensor,
+               xray: torch.Tensor) -> torch.Tensor:
+        """Completed cloud (B, 2048, 3) normalised from the coarse one and the inputs this mode refines with."""
+        inputs = []
+        if self.sources["refine_us"]:
+            inputs.append((us, SOURCE_US))
+        if self.sources["refine_xray"]:
+            inputs.append((xray, SOURCE_XRAY))
+        return self.refiner(coarse, inputs, feature)
+
+    def forward(self, us_points: torch.Tensor, xray_points: torch.Tensor,
+                complete: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """us_points, xray_points (B, N, 3) mm [, complete (B, M, 3) mm, training only].
+
+        Eval mode: {"completed" (B, 2048, 3) mm, "coarse" (B, 512, 3) mm}, from the prior mean.
+        Train mode (needs ``complete``): the same (prior mean), plus "coarse_reconstruction"
+        (B, 512, 3) mm from a sample of the posterior (the complete cloud's Gaussian) and "kl" (B,): the mean
+        over latent dimensions of KL(N(0, I) || posterior) + KL(stop-grad(posterior) || prior).
+        The reconstruction path stops at the coarse stage (VRCNet refines it too): it shapes the latent space,
+        and skipping its refinement halves the cost of a training step on a CPU.
+        """
+        us, xray, centre = self.normalise(us_points, xray_points)
+        feature = self.condition(us, xray)
+        prior_mu, prior_std = _gaussian(self.prior_head(feature))
+        if not self.training:
+            coarse, refine_feature = self.decode_coarse(feature, prior_mu)
+            completed = self.refine(coarse, refine_feature, us, xray)
+            return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre}
+        if complete is None:
+            raise SonogateError("training the completion network needs the complete clouds")
+        stride = max(1, complete.shape[1] // COMPLETE_ENCODER_POINTS)
+        complete_feature = self.complete_encoder((complete[:, ::stride] - centre) / SCALE_MM)
+        post_mu, post_std = _gaussian(self.posterior_head(complete_feature))
+        z_post = post_mu + post_std * torch.randn_like(post_std)
+        # the completion path decodes the prior MEAN, exactly as inference does: a decoder trained on samples
+        # (VRCNet) meets z = mean as an input it never saw, which measured 1.5-2x worse here
+        coarse, refine_feature = self.decode_coarse(feature, prior_mu)
+        completed = self.refine(coarse, refine_feature, us, xray)
+        coarse_reconstruction, _ = self.decode_coarse(feature, z_post)
+        kl = (gaussian_kl(torch.zeros_like(post_mu), torch.ones_like(post_std), post_mu, post_std).mean(dim=1)
+              + gaussian_kl(post_mu.detach(), post_std.detach(), prior_mu, prior_std).mean(dim=1))
+        return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre,
+                "coarse_reconstruction": coarse_reconstruction * SCALE_MM + centre, "kl": kl}
+
+
+def training_loss(outputs: dict[str, torch.Tensor], complete: torch.Tensor, kl_weight: float = 1.0,
+                  coarse_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of a training forward: CD-L1 (normalised units) of the completed cloud, ``coarse_weight`` x CD-L1 of
+    the coarse clouds of both paths, plus ``kl_weight`` x KL. Returns (loss, {"cd_completed", "cd_coarse",
+    "cd_reconstruction", "kl"} as floats, CDs in normalised units)."""
+    target = complete / SCALE_MM  # chamfer is translation-invariant: no centring needed
+    fine_cd, _ = chamfer(outputs["completed"] / SCALE_MM, target)
+    coarse_cd, _ = chamfer(outputs["coarse"] / SCALE_MM, target)
+    reconstruction_cd, _ = chamfer(outputs["coarse_reconstruction"] / SCALE_MM, target)
+    kl = outputs["kl"].mean()
+    loss = fine_cd.mean() + coarse_weight * (coarse_cd.mean() + reconstruction_cd.mean()) + kl_weight * kl
+    parts = {"cd_completed": fine_cd.mean(), "cd_coarse": coarse_cd.mean(), "cd_reconstruction":
+             reconstruction_cd.mean(), "kl": kl}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+class ExportWrapper(nn.Module):
+    """Inference graph for ONNX: (us_points, xray_points) mm -> (completed, coarse) mm."""
+
+    def __init__(self, net: CompletionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, us_points: torch.Tensor, xray_points: torch.Tensor):
+        out = self.net(us_points, xray_points)
+        # an input a mode does not use stays a graph input: ONNX Runtime then accepts the same feeds for every mode
+        unused = 0.0 * (us_points[:, :1, :1].sum() + xray_points[:, :1, :1].sum())
+        return out["completed"] + unused, out["coarse"] + unused
+
+
+def export_onnx(net: CompletionNet, path, n_points: int = N_POINTS) -> Path:
+    """Write ``net`` (eval, CPU) as ONNX (opset 17, TorchScript exporter): inputs ``us_points`` and
+    ``xray_points`` float32 (N, n_points, 3) mm with a dynamic batch N; outputs ``completed`` (N, 2048, 3) and
+    ``coarse`` (N, 512, 3) mm. Returns the path."""
+    path = Path(path)
+    wrapper = ExportWrapper(net.eval().cpu()).eval()
+    example = (torch.zeros(1, n_points, 3), torch.zeros(1, n_points, 3))
+    axes = {name: {0: "N"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, example, str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+    return path

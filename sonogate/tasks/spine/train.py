@@ -1,0 +1,339 @@
+"""Train the vertebra completion network on a spine phantom folder (``write_spine_phantom``), CPU.
+
+``python -m sonogate.tasks.spine.train --data DIR --out RUN --mode early+late --epochs E``
+
+* Split: the phantom's recorded split (``meta.json`` ``split``): test cases come from held-out source shapes.
+  Validation: the training cases of some training source shapes (``--val-sources``; default: one source,
+  the first by name whose level another training source also has), so validation is by source as well.
+* Inputs per case: ``us_partial.ply``, ``xray_points.ply`` (2,048 points each, mm), truth ``complete.ply``.
+  Augmentation: left-right mirror (x -> -x, all three clouds) with probability 0.5. ``--train-points P``
+  feeds a random P-point subset of each input cloud during training (cheaper steps; evaluation always uses
+  every point).
+* Resumable: ``RUN/checkpoint.pt`` (model, optimiser, epoch, best validation state, history) is written after
+  every epoch; rerunning the command continues from it up to ``--epochs``. ``--max-minutes`` stops training
+  early (after the epoch that crosses it) and still evaluates.
+* Output: ``RUN/metrics.json``: per mode, the held-out test and validation figures (``metrics.summarise``:
+  body / arch / whole, CD-L2 x 10^4, CD-L1, F1 at 1 mm, mm errors), the same figures for the raw ultrasound
+  cloud as a no-completion reference, the training history, time and settings; ``RUN/model.onnx`` (opset 17,
+  checked against torch) unless ``--no-onnx``. Several modes (``--mode us,early+late`` or ``all``) train one
+  after the other in ``RUN/<mode>/`` and ``RUN/metrics.json`` collects them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sonogate.errors import DataError, SonogateError
+from sonogate.tasks.spine import metrics as spine_metrics
+from sonogate.tasks.spine.ply import read_ply
+
+N_POINTS = 2048
+
+
+@dataclass
+class CaseSet:
+    """Stacked phantom cases: us, xray, complete (C, 2048, 3) float32 mm; names, sources, levels, splits."""
+
+    us: np.ndarray
+    xray: np.ndarray
+    complete: np.ndarray
+    names: list[str]
+    sources: list[str]
+    levels: list[str]
+    splits: list[str]
+
+    def subset(self, mask) -> CaseSet:
+        index = np.flatnonzero(np.asarray(mask, bool))
+        pick = [self.names, self.sources, self.levels, self.splits]
+        return CaseSet(self.us[index], self.xray[index], self.complete[index],
+                       *[[values[i] for i in index] for values in pick])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _read_cloud(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"missing phantom file: {path}")
+    points = read_ply(path).points
+    if points.shape != (N_POINTS, 3) or not np.all(np.isfinite(points)):
+        raise DataError(f"expected {N_POINTS} finite points in {path}, got shape {points.shape}")
+    return points.astype(np.float32)
+
+
+def load_cases(data_dir) -> CaseSet:
+    """Every case folder of ``data_dir`` (sorted by name). Raises ``DataError`` if there is none."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"phantom folder not found: {root}")
+    folders = sorted(p for p in root.iterdir() if (p / "meta.json").is_file())
+    if not folders:
+        raise DataError(f"no phantom cases (folders with meta.json) in {root}")
+    us, xray, complete, names, sources, levels, splits = [], [], [], [], [], [], []
+    for folder in folders:
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unreadable meta.json in {folder}: {exc}") from None
+        if meta.get("split") not in ("train", "test") or "source_id" not in meta:
+            raise DataError(f"meta.json in {folder} lacks a train/test split or a source_id")
+        us.append(_read_cloud(folder / "us_partial.ply"))
+        xray.append(_read_cloud(folder / "xray_points.ply"))
+        complete.append(_read_cloud(folder / "complete.ply"))
+        names.append(folder.name)
+        sources.append(str(meta["source_id"]))
+        levels.append(str(meta.get("level", "")))
+        splits.append(str(meta["split"]))
+    return CaseSet(np.stack(us), np.stack(xray), np.stack(complete), names, sources, levels, splits)
+
+
+def default_val_sources(cases: CaseSet) -> list[str]:
+    """One training source to validate on: the first by name whose level another training source also has."""
+    train = sorted({(s, lv) for s, lv, sp in zip(cases.sources, cases.levels, cases.splits) if sp == "train"})
+    for source, level in train:
+        if sum(1 for _, other in train if other == level) > 1:
+            return [source]
+    return [train[0][0]] if len(train) > 1 else []
+
+
+def split_cases(cases: CaseSet, val_sources) -> tuple[CaseSet, CaseSet, CaseSet]:
+    """(train, validation, test): test by the recorded split; validation = train cases of ``val_sources``."""
+    is_test = np.array([s == "test" for s in cases.splits])
+    is_val = np.array([(not t) and src in set(val_sources) for t, src in zip(is_test, cases.sources)])
+    train = cases.subset(~is_test & ~is_val)
+    if len(train) == 0:
+        raise DataError("no training cases left after holding out the test and validation sources")
+    return train, cases.subset(is_val), cases.subset(is_test)
+
+
+def _progress(iterable, **kwargs):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, disable=not sys.stderr.isatty(), **kwargs)
+
+
+def predict(net, us: np.ndarray, xray: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Completed clouds (C, 2048, 3) mm of ``net`` in eval mode (no gradient)."""
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(us), batch):
+            result = net(torch.from_numpy(us[start:start + batch]), torch.from_numpy(xray[start:start + batch]))
+            out.append(result["completed"].numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_POINTS, 3), np.float32)
+
+
+def evaluate(predicted: np.ndarray, cases: CaseSet) -> dict:
+    """``metrics.summarise`` over cases plus per-case body / arch CD-L2 x 1e4 (for paired comparisons)."""
+    per_case = [spine_metrics.completion_metrics(p, t) for p, t in zip(predicted, cases.complete)]
+    summary = spine_metrics.summarise(per_case)
+    summary["per_case"] = {name: {part: round(m[part]["cd_l2_x1e4"], 4) for part in ("body", "arch", "whole")}
+                           for name, m in zip(cases.names, per_case)}
+    return summary
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    return [order[s:s + batch] for s in range(0, n, batch)]
+
+
+def train_steps(net, optimiser, cases: CaseSet, rng: np.random.Generator, batch: int, train_points: int,
+                kl_weight: float, mirror: bool = True, max_steps: int | None = None, desc: str = "") -> list[dict]:
+    """One pass over ``cases`` (or ``max_steps`` batches); returns the loss parts of every step."""
+    import torch
+
+    from sonogate.tasks.spine.net import training_loss
+
+    net.train()
+    history = []
+    batches = _batches(len(cases), batch, rng)[:max_steps]
+    for index in _progress(batches, desc=desc, unit="step", leave=False):
+        us, xray, complete = cases.us[index].copy(), cases.xray[index].copy(), cases.complete[index].copy()
+        if mirror:
+            flip = rng.random(len(index)) < 0.5
+            for cloud in (us, xray, complete):
+                cloud[flip, :, 0] *= -1.0
+        if train_points < N_POINTS:
+            us = np.stack([c[rng.choice(N_POINTS, train_points, replace=False)] for c in us])
+            xray = np.stack([c[rng.choice(N_POINTS, train_points, replace=False)] for c in xray])
+        outputs = net(torch.from_numpy(us), torch.from_numpy(xray), torch.from_numpy(complete))
+        loss, parts = training_loss(outputs, torch.from_numpy(complete), kl_weight=kl_weight)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        optimiser.step()
+        history.append({**parts, "loss": float(loss.detach())})
+    return history
+
+
+def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
+    """Train (or resume) one mode in ``run_dir``; returns (the best-validation net, its training record)."""
+    import torch
+
+    from sonogate.tasks.spine.net import CompletionNet
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    net = CompletionNet(mode)
+    optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
+             "rng": np.random.default_rng(args.seed).bit_generator.state}
+    if checkpoint_path.is_file():
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if saved.get("mode") != mode:
+            raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run, not {mode!r}: use another --out")
+        net.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state = saved["state"]
+        print(f"[{mode}] resuming from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    started = time.monotonic()
+    budget_s = args.max_minutes * 60 if args.max_minutes else math.inf
+    eval_cases = val if len(val) else train
+    while state["epoch"] < args.epochs and state["seconds"] + (time.monotonic() - started) < budget_s:
+        epoch = state["epoch"] + 1
+        for group in optimiser.param_groups:  # cosine decay over the planned epochs
+            group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / args.epochs)))
+        steps = train_steps(net, optimiser, train, rng, args.batch, args.train_points, args.kl_weight,
+                            max_steps=args.max_steps, desc=f"{mode} epoch {epoch}")
+        val_cd = float(np.mean([spine_metrics.pair_metrics(p, t)["cd_l1"]
+                                for p, t in zip(predict(net, eval_cases.us, eval_cases.xray), eval_cases.complete)]))
+        record = {"epoch": epoch, "val_cd_l1": val_cd, "lr": optimiser.param_groups[0]["lr"],
+                  **{k: float(np.mean([s[k] for s in steps])) for k in steps[0]}}
+        state["history"].append(record)
+        if val_cd < state["best_val"]:
+            state["best_val"] = val_cd
+            state["best_state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            state["best_epoch"] = epoch
+        state["epoch"] = epoch
+        state["rng"] = rng.bit_generator.state
+        elapsed = state["seconds"] + time.monotonic() - started
+        torch.save({"mode": mode, "model": net.state_dict(), "optimiser": optimiser.state_dict(),
+                    "state": {**state, "seconds": elapsed}}, checkpoint_path)
+        print(f"[{mode}] epoch {epoch}: loss {record['loss']:.4f} completed CD-L1 {record['cd_completed'] * 100:.2f} "
+              f"mm, validation CD-L1 {val_cd * 100:.2f} mm, {elapsed / 60:.1f} min", file=sys.stderr, flush=True)
+    state["seconds"] = state["seconds"] + time.monotonic() - started
+    if state["best_state"] is not None:
+        net.load_state_dict(state["best_state"])
+    net.eval()
+    return net, {"epochs": state["epoch"], "best_epoch": state.get("best_epoch"), "train_minutes":
+                 round(state["seconds"] / 60, 2), "history": state["history"]}
+
+
+def check_onnx(net, path: Path, us: np.ndarray, xray: np.ndarray, atol: float = 1e-4) -> dict:
+    """Export ``net`` to ``path`` and compare ONNX Runtime with torch on (us, xray); raises if they differ."""
+    import onnxruntime as ort
+    import torch
+
+    from sonogate.tasks.spine.net import export_onnx
+
+    export_onnx(net, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"us_points": us.astype(np.float32), "xray_points": xray.astype(np.float32)}
+    first = session.run(["completed"], feeds)[0]
+    second = session.run(["completed"], feeds)[0]
+    with torch.no_grad():
+        reference = net.eval()(torch.from_numpy(feeds["us_points"]), torch.from_numpy(feeds["xray_points"]))
+    expected = reference["completed"].numpy()
+    difference = float(np.abs(first - expected).max())
+    # mm of magnitude ~50: float32 rounding alone reaches ~1e-5 relative, hence rtol on top of atol
+    if not np.allclose(first, expected, rtol=1e-5, atol=atol) or not np.array_equal(first, second):
+        raise SonogateError(f"ONNX Runtime differs from torch by {difference:.2e} mm (or between two runs)")
+    return {"path": path.name, "max_abs_diff_mm": difference, "repeat_identical": True}
+
+
+def run(args) -> dict:
+    """Train every requested mode and write RUN/metrics.json; returns its content."""
+    import torch
+
+    from sonogate.tasks.spine.net import MODES
+
+    modes = list(MODES) if args.mode == "all" else [m.strip() for m in args.mode.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise SonogateError(f"unknown mode(s) {unknown or args.mode!r}; expected {', '.join(MODES)} or all")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = load_cases(args.data)
+    val_sources = args.val_sources.split(",") if args.val_sources else default_val_sources(cases)
+    train, val, test = split_cases(cases, val_sources)
+    if len(test) == 0:
+        raise DataError(f"no test cases in {args.data} (meta.json split)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.json"
+    report = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    report.update({"data": str(args.data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
+                   "val_sources": sorted(set(val.sources)), "test_sources": sorted(set(test.sources)),
+                   "normalisation": "metrics: mm / 100 (paper units); network: centred on the ultrasound "
+                                    "centroid, / 100 mm, inside the graph",
+                   "reference_us_input": {"test": evaluate(test.us, test)}})
+    report.setdefault("modes", {})
+    for mode in modes:
+        run_dir = out if len(modes) == 1 else out / mode
+        net, record = train_mode(mode, train, val, run_dir, args)
+        entry = {"test": evaluate(predict(net, test.us, test.xray), test), **record,
+                 "settings": {k: getattr(args, k) for k in ("epochs", "batch", "lr", "kl_weight", "train_points",
+                                                            "seed", "max_minutes", "max_steps")},
+                 "torch_threads": torch.get_num_threads()}
+        if len(val):
+            entry["val"] = evaluate(predict(net, val.us, val.xray), val)
+        if not args.no_onnx:
+            entry["onnx"] = check_onnx(net, run_dir / "model.onnx", test.us[:2], test.xray[:2])
+        report["modes"][mode] = entry
+        metrics_path.write_text(json.dumps(report, indent=1))
+        body, arch = entry["test"]["body"], entry["test"]["arch"]
+        print(f"[{mode}] test: body CD-L2x1e4 {body['cd_l2_x1e4']:.2f}, arch {arch['cd_l2_x1e4']:.2f} "
+              f"({len(test)} cases) -> {metrics_path}")
+    return report
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sonogate.tasks.spine.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="phantom folder written by write_spine_phantom")
+    parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.json, model.onnx)")
+    parser.add_argument("--mode", default="early+late", help="us, xray, early, late, early+late; comma list or all")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=1.0)
+    parser.add_argument("--train-points", type=int, default=N_POINTS,
+                        help="random subset of each input cloud per training step (<= 2048)")
+    parser.add_argument("--val-sources", default="", help="comma list of training source ids to validate on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this many minutes")
+    parser.add_argument("--max-steps", type=int, default=None, help="at most this many batches per epoch")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and parity check")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or not 16 <= args.train_points <= N_POINTS:
+        parser.error("--epochs and --batch must be >= 1 and --train-points within 16..2048")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except SonogateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Spine completion network (issue 22): shapes, determinism, KL, chamfer, ONNX parity, a tiny training run, and
+the numpy metrics against hand-made point sets.
+
+Tests that need torch skip without it (``pytest.importorskip``); the metrics tests are torch-free. The training
+test writes 8 phantom cases (needs ../shared/data/vertebra-meshes, scipy and scikit-image; skips otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sonogate.errors import DataError, SonogateError
+from sonogate.tasks.spine.metrics import completion_metrics, nearest_distances, pair_metrics, summarise
+
+MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vertebra-meshes"
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _inputs(torch, batch: int = 1, seed: int = 0):
+    """A posterior ultrasound-like cap and a flat (x = 0) X-ray-like cloud in mm, (batch, 2048, 3) each."""
+    rng = np.random.default_rng(seed)
+    us = rng.normal(0.0, 15.0, (batch, 2048, 3)) + np.array([0.0, 20.0, 0.0])
+    xray = rng.normal(0.0, 15.0, (batch, 2048, 3))
+    xray[:, :, 0] = 0.0
+    return torch.from_numpy(us.astype(np.float32)), torch.from_numpy(xray.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------- the network
+
+def test_every_mode_gives_2048_points_and_the_same_output_twice(torch):
+    from sonogate.tasks.spine.net import MODES, CompletionNet
+
+    us, xray = _inputs(torch)
+    for mode in MODES:
+        torch.manual_seed(0)
+        net = CompletionNet(mode).eval()
+        with torch.no_grad():
+            torch.manual_seed(1)
+            first = net(us, xray)
+            torch.manual_seed(2)  # a different random state: inference must not sample
+            second = net(us, xray)
+        assert first["completed"].shape == (1, 2048, 3) and first["coarse"].shape == (1, 512, 3), mode
+        assert torch.equal(first["completed"], second["completed"]), mode
+        assert set(first) == {"completed", "coarse"}
+        # outputs are mm in the input's frame: near the inputs, not at the normalised scale
+        assert float(first["completed"].abs().max()) > 1.0
+
+
+def test_modes_use_the_inputs_they_name(torch):
+    from sonogate.tasks.spine.net import CompletionNet
+
+    us, xray = _inputs(torch)
+    moved_xray = xray + torch.tensor([0.0, 5.0, 0.0])
+    moved_us = us + torch.tensor([0.0, 0.0, 5.0])
+    outputs = {}
+    for mode in ("us", "xray", "early+late"):
+        torch.manual_seed(0)
+        net = CompletionNet(mode, n_coarse=128).eval()  # 512 output points: same graph, quicker
+        with torch.no_grad():
+            outputs[mode] = [net(*pair)["completed"] for pair in ((us, xray), (us, moved_xray), (moved_us, xray))]
+    base, xray_moved, us_moved = outputs["us"]
+    assert torch.equal(base, xray_moved) and not torch.equal(base, us_moved)  # "us" ignores the X-ray
+    base, xray_moved, _ = outputs["xray"]
+    assert not torch.equal(base, xray_moved)
+    # "xray" centres on the X-ray cloud: moving the ultrasound cloud changes nothing
+    assert torch.equal(outputs["xray"][0], outputs["xray"][2])
+    assert not torch.equal(outputs["early+late"][0], outputs["early+late"][1])
+
+
+def test_kl_term_in_training_only_and_inference_is_the_prior_mean(torch):
+    from sonogate.tasks.spine.net import SCALE_MM, CompletionNet, _gaussian, training_loss
+
+    us, xray = _inputs(torch, batch=2)
+    complete = us + torch.tensor([0.0, -25.0, 0.0])
+    torch.manual_seed(0)
+    net = CompletionNet("early+late", n_coarse=128)
+    net.train()
+    out = net(us, xray, complete)
+    assert out["kl"].shape == (2,) and bool(torch.all(out["kl"] > 0)) and bool(torch.isfinite(out["kl"]).all())
+    loss, parts = training_loss(out, complete, kl_weight=1.0)
+    loss_without_kl, _ = training_loss(out, complete, kl_weight=0.0)
+    assert math.isclose(float((loss - loss_without_kl).detach()), parts["kl"], rel_tol=1e-4)
+    with pytest.raises(SonogateError, match="complete clouds"):
+        net(us, xray)
+    net.eval()
+    with torch.no_grad():
+        result = net(us, xray)
+        assert "kl" not in result
+        # the same computation by hand, with the prior's mean as the latent
+        n_us, n_xray, centre = net.normalise(us, xray)
+        feature = net.condition(n_us, n_xray)
+        prior_mu, _ = _gaussian(net.prior_head(feature))
+        coarse, refine_feature = net.decode_coarse(feature, prior_mu)
+        by_hand = net.refine(coarse, refine_feature, n_us, n_xray) * SCALE_MM + centre
+    assert torch.allclose(result["completed"], by_hand, atol=1e-5)
+    with pytest.raises(SonogateError, match="unknown completion mode"):
+        CompletionNet("ultrasound")
+
+
+def test_chamfer_matches_a_brute_force_loop(torch):
+    from sonogate.tasks.spine.net import chamfer
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(2, 40, 3))
+    b = rng.normal(size=(2, 55, 3))
+    cd_l1, cd_l2 = chamfer(torch.from_numpy(a), torch.from_numpy(b))
+    for k in range(2):
+        a_to_b = [min(float(np.sum((p - q) ** 2)) for q in b[k]) for p in a[k]]
+        b_to_a = [min(float(np.sum((p - q) ** 2)) for p in a[k]) for q in b[k]]
+        assert math.isclose(float(cd_l2[k]), np.mean(a_to_b) + np.mean(b_to_a), rel_tol=1e-6)
+        assert math.isclose(float(cd_l1[k]), (np.mean(np.sqrt(a_to_b)) + np.mean(np.sqrt(b_to_a))) / 2,
+                            rel_tol=1e-5)
+        d_ab, d_ba = nearest_distances(a[k], b[k])
+        assert np.allclose(d_ab, np.sqrt(a_to_b), atol=1e-9) and np.allclose(d_ba, np.sqrt(b_to_a), atol=1e-9)
+
+
+def test_onnx_matches_torch_and_repeats_exactly(torch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from sonogate.tasks.spine.net import CompletionNet, export_onnx
+
+    us, xray = _inputs(torch, batch=2, seed=5)
+    for mode in ("early+late", "us"):
+        torch.manual_seed(0)
+        net = CompletionNet(mode).eval()
+        path = export_onnx(net, tmp_path / f"{mode}.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["us_points", "xray_points"]  # kept in every mode
+        assert [o.name for o in session.get_outputs()] == ["completed", "coarse"]
+        feeds = {"us_points": us.numpy(), "xray_points": xray.numpy()}
+        completed, coarse = session.run(None, feeds)
+        again, _ = session.run(None, feeds)
+        with torch.no_grad():
+            reference = net(us, xray)
+        assert completed.shape == (2, 2048, 3) and coarse.shape == (2, 512, 3)
+        assert np.array_equal(completed, again)
+        assert np.allclose(completed, reference["completed"].numpy(), atol=1e-4, rtol=0), mode
+        assert np.allclose(coarse, reference["coarse"].numpy(), atol=1e-4, rtol=0), mode
+        single, _ = session.run(None, {k: v[:1] for k, v in feeds.items()})  # dynamic batch
+        assert np.allclose(single[0], completed[0], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def phantom_cases(tmp_path_factory):
+    if not MESHES.is_dir():
+        pytest.skip(f"vertebra meshes not found at {MESHES}")
+    pytest.importorskip("scipy", reason="building source shapes needs scipy")
+    pytest.importorskip("skimage", reason="marching cubes of the VerSe mask needs scikit-image")
+    from sonogate.tasks.spine.phantom import write_spine_phantom
+
+    out = tmp_path_factory.mktemp("spine_net") / "phantom"
+    write_spine_phantom(out, 8, 11, progress=False)
+    return out
+
+
+def test_split_keeps_test_and_validation_sources_apart(phantom_cases):
+    from sonogate.tasks.spine.train import default_val_sources, load_cases, split_cases
+
+    cases = load_cases(phantom_cases)
+    assert len(cases) == 8 and cases.us.shape == (8, 2048, 3)
+    val_sources = default_val_sources(cases)
+    train, val, test = split_cases(cases, val_sources)
+    assert len(train) + len(val) + len(test) == 8 and len(test) == 1  # every fifth case is a test case
+    assert not set(test.sources) & (set(train.sources) | set(val.sources))
+    assert not set(val.sources) & set(train.sources)
+    with pytest.raises(DataError, match="no phantom cases"):
+        load_cases(phantom_cases / "case_00000")
+
+
+def test_a_few_dozen_steps_lower_the_chamfer_distance(torch, phantom_cases):
+    from sonogate.tasks.spine.net import CompletionNet
+    from sonogate.tasks.spine.train import load_cases, predict, train_steps
+
+    cases = load_cases(phantom_cases)
+    torch.manual_seed(0)
+    # 128 coarse -> 512 completed points keeps this quick; the architecture is the full one otherwise
+    net = CompletionNet("early+late", n_coarse=128)
+    optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+
+    def mean_cd_mm():
+        return np.mean([pair_metrics(p, t)["cd_l1_mm"]
+                        for p, t in zip(predict(net, cases.us, cases.xray), cases.complete)])
+
+    before = mean_cd_mm()
+    history = []
+    for _ in range(10):  # 10 passes x 2 batches of 4 = 20 steps
+        history += train_steps(net, optimiser, cases, rng, batch=4, train_points=256, kl_weight=1.0)
+    after = mean_cd_mm()
+    assert len(history) == 20 and all(math.isfinite(h["loss"]) for h in history)
+    assert after < 0.5 * before, (before, after)
+    assert np.mean([h["cd_completed"] for h in history[-4:]]) < np.mean([h["cd_completed"] for h in history[:4]])
+
+
+def test_training_entry_resumes_and_writes_metrics(torch, phantom_cases, tmp_path, capsys):
+    import json
+
+    from sonogate.tasks.spine.train import main
+
+    run = tmp_path / "run"
+    common = ["--data", str(phantom_cases), "--out", str(run), "--mode", "us", "--batch", "2", "--max-steps", "1",
+              "--train-points", "128", "--no-onnx", "--threads", "1"]
+    assert main(common + ["--epochs", "1"]) == 0
+    assert (run / "checkpoint.pt").is_file()
+    assert main(common + ["--epochs", "2"]) == 0  # continues from the checkpoint: one more epoch, not two
+    report = json.loads((run / "metrics.json").read_text())
+    entry = report["modes"]["us"]
+    assert [h["epoch"] for h in entry["history"]] == [1, 2]
+    assert entry["test"]["whole"]["n_cases"] == report["n_test"] == 1
+    assert math.isfinite(entry["test"]["arch"]["cd_l2_x1e4"]) and "resuming" in capsys.readouterr().err
+    assert main(common + ["--epochs", "2", "--mode", "ultrasound"]) == 2
+    assert "unknown mode" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- metrics (numpy only)
+
+def _two_blocks(offset_mm: float = 0.0):
+    """Points on a 3 mm grid in two blocks: body at y = -20 mm, arch at y = +20 mm (centroid y = 0)."""
+    axis = np.arange(0.0, 30.0, 3.0)
+    xx, zz = np.meshgrid(axis, axis)
+    plane = np.stack([xx.ravel(), np.zeros(xx.size), zz.ravel()], axis=1)
+    return np.concatenate([plane + [0, -20.0, 0], plane + [0, 20.0, 0]]) + [offset_mm, 0, 0]
+
+
+@pytest.mark.torchfree
+def test_pair_metrics_on_shifted_grids():
+    truth = _two_blocks()
+    half_mm = pair_metrics(truth + [0.5, 0, 0], truth)
+    # every nearest distance is 0.5 mm = 0.005 paper units
+    assert math.isclose(half_mm["cd_l2_x1e4"], 2 * 0.005 ** 2 * 1e4, rel_tol=1e-9)
+    assert math.isclose(half_mm["cd_l1"], 0.005, rel_tol=1e-9) and math.isclose(half_mm["cd_l1_mm"], 0.5)
+    assert math.isclose(half_mm["mean_mm"], 0.5) and math.isclose(half_mm["p95_mm"], 0.5)
+    assert half_mm["f1"] == 1.0
+    beyond = pair_metrics(truth + [0, 0, 1.2], truth)  # 1.2 mm away: outside the 1 mm threshold
+    assert beyond["f1"] == 0.0 and math.isclose(beyond["cd_l2_x1e4"], 2 * 0.012 ** 2 * 1e4, rel_tol=1e-9)
+    exact = pair_metrics(truth, truth)
+    assert exact["cd_l2_x1e4"] == 0.0 and exact["f1"] == 1.0
+
+
+@pytest.mark.torchfree
+def test_body_and_arch_are_split_at_the_truth_centroid_y():
+    truth = _two_blocks()
+    pred = truth.copy()
+    pred[pred[:, 1] < 0] += [1.5, 0, 0]  # only the body is off, by 1.5 mm
+    result = completion_metrics(pred, truth)
+    assert result["arch"]["cd_l2_x1e4"] == 0.0 and result["arch"]["f1"] == 1.0
+    assert math.isclose(result["body"]["cd_l2_x1e4"], 2 * 0.015 ** 2 * 1e4, rel_tol=1e-9)
+    assert result["body"]["f1"] == 0.0 and math.isclose(result["body"]["mean_mm"], 1.5)
+    assert result["body"]["n_pred"] == result["body"]["n_truth"] == 100
+    arch_only = completion_metrics(truth[truth[:, 1] > 0], truth)  # an ultrasound-like cloud: no body
+    assert arch_only["body"]["n_pred"] == 0 and math.isnan(arch_only["body"]["cd_l2_x1e4"])
+    assert arch_only["body"]["f1"] == 0.0 and arch_only["arch"]["cd_l2_x1e4"] == 0.0
+    summary = summarise([result, arch_only])
+    assert summary["body"]["n_empty"] == 1 and summary["body"]["n_cases"] == 2
+    assert math.isclose(summary["body"]["cd_l2_x1e4"], result["body"]["cd_l2_x1e4"])
+    assert summary["arch"]["cd_l2_x1e4"] == 0.0 and summary["arch"]["cd_l2_x1e4_sd"] == 0.0
+
+
+@pytest.mark.torchfree
+def test_metrics_refuse_bad_clouds():
+    truth = _two_blocks()
+    with pytest.raises(DataError, match="NaN"):
+        pair_metrics(np.full((10, 3), np.nan), truth)
+    with pytest.raises(DataError, match=r"\(N, 3\)"):
+        completion_metrics(truth[:, :2], truth)
+    with pytest.raises(DataError, match="empty"):
+        completion_metrics(np.zeros((0, 3)), truth)
+    with pytest.raises(DataError, match="no cases"):
+        summarise([])
