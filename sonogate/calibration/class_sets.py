@@ -27,7 +27,14 @@ import math
 
 import numpy as np
 
-from sonogate.calibration.conformal import DeltaLike, as_fraction, conformal_rank, min_calibration_size, pac_rank
+from sonogate.calibration.conformal import (
+    DeltaLike,
+    as_fraction,
+    check_levels,
+    conformal_rank,
+    min_calibration_size,
+    pac_rank,
+)
 from sonogate.errors import CalibrationError, DataError
 
 CLASS_SCORES = ("lac", "aps")
@@ -246,9 +253,7 @@ class ConformalClassSets:
             raise ValueError(f"score must be one of {CLASS_SCORES}, got {score!r}")
         if randomized and score != "aps":
             raise ValueError("randomized sets exist for score='aps' only")
-        as_fraction(delta)
-        if gamma is not None:
-            as_fraction(gamma, "gamma")
+        check_levels(delta, gamma)
         self.delta = delta
         self.score = score
         self.randomized = randomized
@@ -396,9 +401,7 @@ class OrdinalIntervalConformal:
             if int(low) != low or int(high) != high or low > high:
                 raise ValueError(f"value_range must be two integers (lowest, highest), got {value_range!r}")
             value_range = (int(low), int(high))
-        as_fraction(delta)
-        if gamma is not None:
-            as_fraction(gamma, "gamma")
+        check_levels(delta, gamma)
         self.delta = delta
         self.side = side
         self.score = score

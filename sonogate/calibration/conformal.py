@@ -56,6 +56,14 @@ def as_fraction(value: DeltaLike, name: str = "delta") -> Fraction:
     return frac
 
 
+def check_levels(delta: DeltaLike, gamma: DeltaLike | None = None) -> None:
+    """Raise (ValueError / TypeError, naming it) unless ``delta`` and, when given, ``gamma`` are in (0, 1): what
+    every conformal object checks when it is built, before any data is seen."""
+    as_fraction(delta)
+    if gamma is not None:
+        as_fraction(gamma, "gamma")
+
+
 def conformal_rank(n: int, delta: DeltaLike) -> int:
     """Exact ``ceil((n + 1)(1 - delta))``.
 
@@ -264,9 +272,7 @@ class OneSidedConformal:
     def __init__(self, delta: DeltaLike = 0.1, side: str = "lower", affine: bool = True, pac_gamma=None):
         if side not in SIDES:
             raise ValueError(f"side must be lower or upper, got {side!r}")
-        as_fraction(delta)
-        if pac_gamma is not None:
-            as_fraction(pac_gamma, "gamma")
+        check_levels(delta, pac_gamma)
         self.delta = delta
         self.side = side
         self.affine = affine

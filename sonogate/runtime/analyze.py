@@ -386,14 +386,7 @@ class Analyzer:
             record["error"] = _one_line(f"{path.name}: internal error: {type(exc).__name__}: {exc}")
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record.setdefault("warnings", [])
-        json_path = self.out / f"{stem}.json"
-        record.setdefault("outputs", {})["json"] = json_path.name
-        try:
-            json_path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
-        except OSError as exc:
-            record["status"] = "error"
-            record["error"] = f"cannot write {json_path}: {exc.strerror or exc}"
-        return record
+        return self._write_record(record, stem)
 
     def analyze_case(self, files: dict[str, Path], stem: str) -> dict[str, Any]:
         """One case of a task with several image inputs: each view's file read (DICOM or image), the views through
@@ -431,6 +424,10 @@ class Analyzer:
         if record["error"]:
             record["status"] = "error"
         record["seconds"] = round(time.perf_counter() - t0, 3)
+        return self._write_record(record, stem)
+
+    def _write_record(self, record: dict[str, Any], stem: str) -> dict[str, Any]:
+        """Write ``OUT/<stem>.json`` (named in the record's outputs); a write failure makes the record an error."""
         json_path = self.out / f"{stem}.json"
         record.setdefault("outputs", {})["json"] = json_path.name
         try:
