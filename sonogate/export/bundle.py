@@ -19,6 +19,7 @@ import json
 import platform
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ class ExportData:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-class TaskExporter:
+class TaskExporter(ABC):
     """The task-only half of an export. A task subclasses it in ``sonogate/tasks/<id>/export.py`` and names the
     instance in its spec's ``parts["exporter"]``. Words and defaults are attributes; the rest are methods."""
 
@@ -83,15 +84,17 @@ class TaskExporter:
     goal: ClassVar[dict[str, float]] = {}
     check_rows = 16
 
+    @abstractmethod
     def load_model(self, ckpt: dict):
         """The trained torch model (eval mode) of a checkpoint of this task; DataError when it is not one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def output_names(self, model) -> tuple[str, ...]:
-        raise NotImplementedError
+        """The graph's output names, in the order the torch model returns them."""
 
+    @abstractmethod
     def load_data(self, ckpt: dict, opts: ExportOptions, pre: Preprocessing, parity_frames: int) -> ExportData:
-        raise NotImplementedError
+        """The parity and calibration inputs (and truths) of this task, preprocessed as ``pre`` says."""
 
     def check_onnx(self, path: Path, model, x: np.ndarray) -> dict[str, float]:
         """ORT vs torch on ``x``: max |difference| per output; SonogateError beyond the task's tolerance."""
@@ -99,13 +102,13 @@ class TaskExporter:
 
         return check_onnx(path, model, x)
 
+    @abstractmethod
     def comparer(self, ckpt: dict, data: ExportData, ref: dict[str, np.ndarray]) -> Callable[[dict], dict]:
         """A function: outputs of one model variant -> its parity block (vs float ``ref`` and vs truth)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def int8_goal(self, block: dict) -> tuple[bool, str]:
         """(meets the INT8 parity goal, the log line saying by how much) of an INT8 parity block."""
-        raise NotImplementedError
 
     def tracks_float(self, block: dict) -> bool:
         """Whether an OpenVINO INT8 candidate tracks float closely enough to be kept."""
@@ -115,10 +118,10 @@ class TaskExporter:
         """Write task files beside the models; returns manifest entries describing them."""
         return {}
 
+    @abstractmethod
     def manifest(self, ckpt: dict, pre: Preprocessing, model) -> dict[str, Any]:
         """The manifest's task blocks (task, modality, preprocessing, outputs, model, ...); the writer adds models,
         parity, provenance and whatever ``extra_files`` returned."""
-        raise NotImplementedError
 
 
 def pick_subset(n: int, limit: int, seed: int) -> np.ndarray:

@@ -18,6 +18,7 @@ with), so a v1 bundle and its upgraded copy build the same model. This module ne
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -103,7 +104,7 @@ def input_specs(manifest: Mapping[str, Any]) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
-class Model:
+class Model(ABC):
     """A bundle's model: ``preprocess(inputs) -> (feeds, meta)``, the adapter, ``postprocess(outputs, meta)``.
 
     Subclasses implement the two steps and name the model type they were written for in ``model_type`` (for
@@ -157,11 +158,13 @@ class Model:
         return IMAGE_KINDS.get(self.modality)
 
     # -- the three steps ---------------------------------------------------------------------------------------
+    @abstractmethod
     def preprocess(self, inputs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        raise NotImplementedError
+        """Inputs as the caller has them -> (graph feeds by input name, meta for postprocess)."""
 
+    @abstractmethod
     def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
+        """Graph outputs by name and the meta of preprocess -> the task's result."""
 
     def __call__(self, inputs: Any) -> Any:
         feeds, meta = self.preprocess(inputs)
