@@ -57,6 +57,8 @@ from sonogate.runtime.session import NOT_CALIBRATED_REASON, SCANNER_NOT_CALIBRAT
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# non-image case files (point clouds, arrays): handed to the task's wrapper as paths, which reads them
+DATA_SUFFIXES = (".ply", ".npy")
 NO_XRAY_MODEL = "no X-ray model"
 HIPS = ("right", "left")
 _DEFAULT_FRAME_TIME_MS = 1000.0 / 30.0
@@ -88,10 +90,12 @@ class AnalyzeSummary:
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
-def find_inputs(targets: Iterable[str | Path], exclude: Path | None = None) -> list[tuple[Path, str]]:
+def find_inputs(targets: Iterable[str | Path], exclude: Path | None = None,
+                images: bool = False) -> list[tuple[Path, str]]:
     """(path, output stem) per input file: a file as given (DICOM, or a video / image file), or every
-    ``*.dcm``/``*.dicom`` file (and suffix-less file with the DICM marker) under a folder, sorted. Stems are unique: sub-folders join with "__".
-    Raises DataError when a target does not exist or a folder holds no DICOM file."""
+    ``*.dcm``/``*.dicom`` file (and suffix-less file with the DICM marker) under a folder, sorted; with ``images``
+    (a task decided per image) also every image file (png, jpg, ...) under a folder. Stems are unique: sub-folders
+    join with "__". Raises DataError when a target does not exist or a folder holds no input file."""
     found: list[tuple[Path, str]] = []
     used: set[str] = set()
     exclude = exclude.resolve() if exclude is not None else None
@@ -108,11 +112,13 @@ def find_inputs(targets: Iterable[str | Path], exclude: Path | None = None) -> l
                     continue
                 if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
                     continue
+                rel = path.relative_to(target)
                 if path.suffix.lower() in DICOM_SUFFIXES or (not path.suffix and is_dicom_file(path)):
-                    rel = path.relative_to(target)
                     candidates.append((path, "__".join([*rel.parts[:-1], _strip_suffix(rel.name)])))
+                elif images and path.suffix.lower() in IMAGE_SUFFIXES:
+                    candidates.append((path, "__".join([*rel.parts[:-1], path.stem])))
             if not candidates:
-                raise DataError(f"no DICOM files (*.dcm, *.dicom) found in {target}")
+                raise DataError(f"no DICOM files (*.dcm, *.dicom){' or images' if images else ''} found in {target}")
         else:
             raise DataError(f"input not found: {target}")
         for path, stem in candidates:
@@ -146,7 +152,8 @@ def find_cases(targets: Iterable[str | Path], views: tuple[str, ...],
         found: dict[str, list[Path]] = {}
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
             suffix = path.suffix.lower()
-            if suffix not in DICOM_SUFFIXES + IMAGE_SUFFIXES and not (not suffix and is_dicom_file(path)):
+            if (suffix not in DICOM_SUFFIXES + IMAGE_SUFFIXES + DATA_SUFFIXES
+                    and not (not suffix and is_dicom_file(path))):
                 continue
             stem = (path.stem if suffix else path.name).lower()
             for view in wanted:
@@ -186,8 +193,8 @@ def find_cases(targets: Iterable[str | Path], views: tuple[str, ...],
 
 
 def case_views(bundle_path: str | Path) -> tuple[str, ...]:
-    """The views (else input names) of a per-image task with several image inputs; () for any other bundle
-    (and for one that cannot be read: loading the models reports that)."""
+    """The views (else input names) of a task decided per case with several inputs (images or point clouds);
+    () for any other bundle (and for one that cannot be read: loading the models reports that)."""
     from sonogate.core.bundle import load_bundle
 
     try:
@@ -196,10 +203,21 @@ def case_views(bundle_path: str | Path) -> tuple[str, ...]:
         return ()
     if (manifest.get("decision") or {}).get("unit") == "frame_window":
         return ()
-    inputs = [entry for entry in manifest.get("inputs") or () if entry.get("kind", "image") == "image"]
+    inputs = list(manifest.get("inputs") or ())
     if len(inputs) < 2:
         return ()
     return tuple(str(entry.get("view") or entry["name"]) for entry in inputs)
+
+
+def decided_per_image(bundle_path: str | Path) -> bool:
+    """Whether the bundle's task decides per image (its folders' image files are inputs, not only DICOM)."""
+    from sonogate.core.bundle import load_bundle
+
+    try:
+        manifest = described_manifest(load_bundle(bundle_path, verify=False))
+    except SonogateError:
+        return False
+    return (manifest.get("decision") or {}).get("unit") == "image"
 
 
 # -- non-DICOM inputs ---------------------------------------------------------------------------------------------
@@ -401,6 +419,9 @@ class Analyzer:
         try:
             frames, sources = {}, {}
             for view, path in files.items():
+                if path.suffix.lower() in DATA_SUFFIXES:
+                    sources[view] = frames[view] = path  # the task's wrapper reads its own data files
+                    continue
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     sources[view] = StillImage.open(path, self.still_kind)
                 else:
@@ -410,6 +431,7 @@ class Analyzer:
             notes: list[str] = []
             result = model.analyze(frames, sources, notes)
             record["warnings"] += notes
+            self._write_task_outputs(model, stem, result, frames, record)
             algorithm = model.algorithm()
             record.update({"status": "ok", "frames": {"total": len(frames), "processed": len(frames)},
                            "result": result, "model": algorithm.to_json()})
@@ -539,6 +561,7 @@ class Analyzer:
         notes: list[str] = []
         result = model.analyze(frame, image, notes)
         record["warnings"] = list(record.get("warnings", [])) + notes
+        self._write_task_outputs(model, stem, result, frame, record)
         algorithm = model.algorithm()
         record.update({
             "status": "ok",
@@ -550,6 +573,18 @@ class Analyzer:
             groups = model.report_groups(result)
             annotated = model.annotate(frame, result, image)
             self._write_dicom(image, stem, groups, annotated, algorithm, record)
+
+    def _write_task_outputs(self, model: Model, stem: str, result: Any, frames: Any, record: dict[str, Any]) -> None:
+        """The files a task writes beside the JSON (e.g. a completed point cloud and its picture): the wrapper's
+        ``write_outputs(out_dir, stem, result, frames) -> {kind: file name}``, when it has one."""
+        writer = getattr(model, "write_outputs", None)
+        if writer is None:
+            return
+        try:
+            written = writer(self.out, stem, result, frames) or {}
+        except OSError as exc:
+            raise SonogateError(f"cannot write the outputs of {stem} in {self.out}: {exc.strerror or exc}") from None
+        record.setdefault("outputs", {}).update({str(k): str(v) for k, v in written.items()})
 
     def _write_dicom(self, image, stem, groups, annotated, algorithm, record) -> None:
         from sonogate.runtime.dicom_report import write_sc, write_sr
@@ -581,7 +616,7 @@ class Analyzer:
                     record = (self.analyze_case(path, stem) if isinstance(path, dict)
                               else self.analyze_file(path, stem))
                     summary.records.append(record)
-                    writer.writerow(csv_row(record))
+                    writer.writerows(csv_rows(record))
                     handle.flush()
                     if record["status"] == "error":
                         bar.write(f"sonogate: {record['error']}", file=sys.stderr)
@@ -630,6 +665,17 @@ CSV_COLUMNS = (["input", "kind", "status", "error", "frames", "usable_frames", "
 # a task whose columns are not all above: input, status, the task's analyze_columns, then the output files
 GENERIC_HEAD = ["input", "kind", "status", "error"]
 GENERIC_TAIL = ["recommendation", "reason", "warnings", "json", "sr", "sc", "seconds"]
+
+
+def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV rows of one input: one, or one per entry of the result's ``rows`` (e.g. one per hip), each with
+    the input's own columns and that entry's task columns."""
+    base = csv_row(record)
+    rows = (record.get("result") or {}).get("rows") if record.get("status") != "error" else None
+    if not rows:
+        return [base]
+    return [{**base, **{name: value if isinstance(value, str) else _fmt(value) for name, value in row.items()}}
+            for row in rows]
 
 
 def csv_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -706,7 +752,7 @@ def analyze(targets: Iterable[str | Path], options: AnalyzeOptions) -> AnalyzeSu
     if views:
         inputs: list = find_cases(targets, views, exclude=Path(options.out))
     else:
-        inputs = find_inputs(targets, exclude=Path(options.out))
+        inputs = find_inputs(targets, exclude=Path(options.out), images=decided_per_image(options.bundle))
     analyzer = Analyzer(options)
     for note in analyzer.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -213,3 +213,46 @@ def xray_lines(event: dict) -> list[str]:
             f"CE {ce['value']:.0f}" if ce.get("value") is not None else "CE --")
         lines.append(f" {side[0].upper()}: {ai_text} {ce_text} {hip.get('verdict', '') or ''}".rstrip())
     return lines
+
+
+class ResultOverlay:
+    """What a per-image task's live session shows (``ImageSession``): the task wrapper's own picture of the
+    result (its ``annotate(frame, result, image)``, the same drawing as the DICOM SC of ``sonogate analyze``) under
+    a banner with the decision (green only for the task's reassuring outcomes, red for every other decision, grey
+    on a fault or a refused image). Input: frame, ROI (unused), event. Output: an annotated BGR image."""
+
+    REASSURING_COLOUR = (60, 170, 40)
+    OTHER_COLOUR = (30, 30, 220)
+    FAULT_COLOUR = (110, 110, 110)
+
+    def __init__(self, reassuring: tuple[str, ...] = (), annotate=None):
+        self.reassuring = tuple(reassuring)
+        self.annotate = annotate
+        self.xray_lines: list[str] = []
+        self.banner_lines: tuple[str, ...] = ()
+
+    def render(self, frame: np.ndarray, roi, event: dict) -> np.ndarray:
+        bgr = frame[:, :, :3] if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        result = event.get("result") or {}
+        canvas = None
+        if self.annotate is not None and result and not event.get("fault"):
+            try:
+                canvas = np.ascontiguousarray(self.annotate(bgr, result, None))
+            except Exception:  # noqa: BLE001 - a drawing problem must not hide the decision: plain frame below
+                canvas = None
+        if canvas is None:
+            canvas = np.full((max(bgr.shape[0], 200), bgr.shape[1] + 300, 3), 24, dtype=np.uint8)
+            canvas[: bgr.shape[0], : bgr.shape[1]] = bgr
+        recommendation = str(event.get("recommendation") or "")
+        colour = (self.FAULT_COLOUR if event.get("fault") else
+                  self.REASSURING_COLOUR if recommendation in self.reassuring else self.OTHER_COLOUR)
+        width = bgr.shape[1]
+        cv2.rectangle(canvas, (0, 0), (width - 1, 44), colour, -1)
+        banner = recommendation.upper().replace("_", " ")
+        cv2.putText(canvas, banner, (10, 31), FONT, 0.9 if len(banner) < 24 else 0.6, (255, 255, 255), 2,
+                    cv2.LINE_AA)
+        reason = _wrap(str(event.get("reason") or ""), max(20, width // 9))[:1]
+        if reason:
+            cv2.putText(canvas, reason[0], (10, 62), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        self.banner_lines = (banner, *reason)
+        return canvas

@@ -1,6 +1,8 @@
-"""The live pipeline: capture thread (latest frame wins) -> Session -> overlay / record / display / events.
+"""The live pipeline: capture thread (latest frame wins) -> session -> overlay / record / display / events.
 
-Input: a capture spec (file, camera index, /dev/videoN, stream URL, DICOM cine, phantom) and a Session.
+Input: a capture spec (file, camera index, /dev/videoN, stream URL, DICOM cine, phantom) and a session:
+``Session`` (hip ultrasound, decided over frame windows) or ``ImageSession`` (a task decided per image), each
+with the overlay it is drawn with (``make_overlay``).
 Output: events (JSONL), an optional annotated recording and snapshot, and the summary dict.
 Keys in the window: f freeze, r reset, n next hip, q quit.
 """
@@ -46,7 +48,7 @@ class LivePipeline:
     def __init__(self, session: Session, options: PipelineOptions):
         self.session = session
         self.options = options
-        self.overlay = OverlayRenderer()
+        self.overlay = session.make_overlay() if hasattr(session, "make_overlay") else OverlayRenderer()
         self._writer = None
         self._snapshot_done = False
         self._last_annotated = None

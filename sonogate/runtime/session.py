@@ -199,6 +199,12 @@ class Session:
     def device_name(self) -> str:
         return self.engine.device_name
 
+    def make_overlay(self):
+        """The renderer the live pipeline draws this session's events with."""
+        from sonogate.runtime.overlay import OverlayRenderer
+
+        return OverlayRenderer()
+
     # -- per frame ------------------------------------------------------------------------------------------
     def process(self, frame: np.ndarray | None, t_capture: float | None = None, *, fault: str | None = None,
                 dropped_frames: int = 0) -> dict[str, Any]:
@@ -393,9 +399,27 @@ class Session:
         self.close()
 
 
-def open_session(bundle: str | Path, **kwargs) -> Session:
-    """Like ``Session(...)`` but turns library errors into SonogateError with one line (for the CLI)."""
+def open_session(bundle: str | Path, **kwargs):
+    """The live session for any image task's bundle, library errors as SonogateError with one line (for the CLI):
+    ``Session`` for a task decided over a window of frames (hip ultrasound), ``ImageSession`` for a task decided
+    per image (radiograph tasks). A bundle that cannot be read is left to ``Session`` to report."""
+    from sonogate.core.bundle import load_bundle
+    from sonogate.runtime.model_api import described_manifest
+
     try:
+        manifest = described_manifest(load_bundle(bundle, verify=False))
+    except SonogateError:
+        manifest = {}
+    try:
+        if (manifest.get("decision") or {}).get("unit") not in (None, "frame_window"):
+            from sonogate.runtime.image_session import ImageSession
+
+            unused = [name for name in ("calibration", "roi") if kwargs.get(name) is not None]
+            if unused or kwargs.get("precision", "auto") != "auto":
+                raise SonogateError(f"bundle {bundle} (task {manifest['task'].get('id')}) is decided per image: "
+                                    f"--{', --'.join(unused or ['precision'])} applies to frame-window tasks only")
+            return ImageSession(bundle, device=kwargs.get("device", "auto"), threads=kwargs.get("threads", 1),
+                                public_key=kwargs.get("public_key"), audit=kwargs.get("audit"))
         return Session(bundle, **kwargs)
     except SonogateError:
         raise
