@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/xr_real.py --bundle out/xr_bundle --out benchmarks/results
 
-Per image: the reference AI per hip from the Retuve landmark JSON (``sonogate.data.xr.retuve_reference``: sides
+Per image: the reference AI per hip from the Retuve landmark JSON (``sonogate.tasks.hip_xr.data.retuve_reference``: sides
 by image position, Hilgenreiner through both pel_*_i, AI to pel_*_o), the bundle's AI (raw and, with a
 calibration, corrected with its upper bound) through ``XrayModel`` (the runtime path, torch-free), the
 absolute error, and the landmark error in image pixels (triradiate and acetabular edge; the JSONs have no
@@ -36,7 +36,7 @@ SIDES = ("right", "left")
 def evaluate(bundle: str, data: Path = DATA, device: str = "auto") -> dict:
     """Run the bundle on every radiograph that has a landmark JSON. Output: the report dict."""
     from sonogate.data.dicom import read_dicom
-    from sonogate.data.xr import retuve_reference
+    from sonogate.tasks.hip_xr.data import retuve_reference
     from sonogate.runtime.analyze import XrayModel
 
     model = XrayModel(bundle, device=device, threads=1)

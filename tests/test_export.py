@@ -16,7 +16,7 @@ from sonogate.core.bundle import load_bundle
 from sonogate.errors import SonogateError
 from sonogate.export.bundle import ExportOptions, export_bundle
 from sonogate.export.onnx_export import check_onnx, export_onnx, ort_session, run_ort
-from sonogate.models.network import OUTPUT_NAMES
+from sonogate.tasks.hip_us.net import OUTPUT_NAMES
 from sonogate.tasks.hip_us.train import TrainConfig, build_model, load_checkpoint, run_training
 
 SIZE = 64
@@ -132,8 +132,8 @@ def test_export_refuses_non_empty_folder_and_missing_run(bundle, tmp_path):
 
 
 def test_landmark_graph_exports_with_atan2_and_matches_torch(tmp_path):
-    from sonogate.models.geometry import GRAF_LANDMARKS
-    from sonogate.models.network import HipUSNet
+    from sonogate.tasks.hip_us.geometry import GRAF_LANDMARKS
+    from sonogate.tasks.hip_us.net import HipUSNet
 
     torch.manual_seed(0)
     model = HipUSNet("landmark", GRAF_LANDMARKS).eval()

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from models_fixture import phantom_folder
 
-from sonogate.models.geometry import GRAF_LANDMARKS, GrafGeometry
+from sonogate.tasks.hip_us.geometry import GRAF_LANDMARKS, GrafGeometry
 from sonogate.models.heads import LandmarkHead
 from sonogate.tasks.hip_us.train import TrainConfig, run_training
 
@@ -76,7 +76,7 @@ def test_landmark_training_and_finetuning_run(tmp_path):
 
 
 def test_line_aware_error_discounts_sliding_along_the_line():
-    from sonogate.models.geometry import line_aware_error
+    from sonogate.tasks.hip_us.geometry import line_aware_error
 
     rng = np.random.default_rng(3)
     frame = hip_us.render_us_frame(hip_us.sample_hip_params(rng), rng, device="A", size=96)

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sonogate.errors import SonogateError
-from sonogate.phantom import acoustics, chrome, cine, devices, hip_us, writer, xray
+from sonogate.phantom import acoustics, chrome, cine, devices, hip_us, writer
 from sonogate.phantom.cli import register
+from sonogate.tasks.hip_xr import phantom as xray
 
 pytestmark = pytest.mark.torchfree
 
@@ -432,7 +433,7 @@ def test_xray_landmarks_recompute_ai_ce_and_ihdi():
 def test_xray_writer_rows_per_hip(tmp_path):
     from sonogate.data.folder import read_labelled_folder
 
-    root = writer.write_xr_dataset(tmp_path / "xr", 3, seed=2, size=96, progress=False)
+    root = xray.write_xr_dataset(tmp_path / "xr", 3, seed=2, size=96, progress=False)
     data = read_labelled_folder(root, required=("patient_id", "side", "ai_deg", "ce_deg", "ihdi"))
     assert len(data) == 6 and list(data.text("side")) == ["R", "L"] * 3
     assert len({p.name for p in data.image_paths}) == 3
@@ -480,7 +481,7 @@ def test_cli_handlers_write_data_and_raise_user_errors(tmp_path):
 
 
 def test_phantom_imports_neither_torch_nor_scipy():
-    code = ("import sys; import sonogate.phantom.cine, sonogate.phantom.writer, sonogate.phantom.xray, "
+    code = ("import sys; import sonogate.phantom.cine, sonogate.phantom.writer, sonogate.tasks.hip_xr.phantom, "
             "sonogate.phantom.cli, sonogate.phantom.realistic, sonogate.phantom.paired; "
             "bad = [m for m in ('torch', 'scipy') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,

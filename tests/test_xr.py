@@ -20,12 +20,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sonogate.calibration.fit import PredictionTable
-from sonogate.calibration.xr import fit_xr_calibration
 from sonogate.core.bundle import Preprocessing, write_manifest
 from sonogate.errors import CalibrationError
-from sonogate.phantom.xray import XR_LANDMARK_NAMES, measure_xr_from_landmarks, render_xr_frame, sample_xr_params
 from sonogate.runtime.preprocess import letterbox
+from sonogate.tasks.hip_xr.calibrate import fit_xr_calibration
 from sonogate.tasks.hip_xr.model import NORMAL, NOT_NORMAL, WHOLE_PELVIS, XR_OUTPUT_NAMES, hip_verdict
+from sonogate.tasks.hip_xr.phantom import (
+    XR_LANDMARK_NAMES,
+    measure_xr_from_landmarks,
+    render_xr_frame,
+    sample_xr_params,
+)
 from tests.test_dicom import make_dataset, save
 from tests.tiny_bundle import write_tiny_bundle
 
@@ -224,8 +229,8 @@ def test_whole_pelvis_runtime_mirrors_by_patient_orientation(tmp_path):
 @pytest.mark.torchfree
 def test_real_radiographs_reference_and_runtime(shared_data, tmp_path):
     from sonogate.data.dicom import read_dicom
-    from sonogate.data.xr import retuve_reference
     from sonogate.runtime.analyze import XrayModel
+    from sonogate.tasks.hip_xr.data import retuve_reference
 
     labels = sorted((shared_data / "hip-radiopaedia-ddh" / "labels" / "xray").glob("*.json"))
     assert len(labels) == 10
@@ -249,7 +254,7 @@ def trained(tmp_path_factory):
     import torch
 
     from sonogate.cli import main as models_main
-    from sonogate.phantom.writer import write_xr_dataset
+    from sonogate.tasks.hip_xr.phantom import write_xr_dataset
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("xr")
@@ -410,3 +415,17 @@ def test_a_calibration_of_another_bundle_is_refused(trained, tmp_path):
     with pytest.raises(CalibrationError, match="another bundle"):
         XrayModel(other, device="ort-cpu")
     XrayModel(bundle, device="ort-cpu")  # its own calibration loads
+
+
+def test_the_mlp_head_builds_and_runs():
+    """``--head mlp`` failed at construction ("attribute 'values' already exists": a ModuleDict key shadowing
+    ModuleDict.values); it must build, run and name its three outputs."""
+    torch = pytest.importorskip("torch")
+    from sonogate.tasks.hip_xr.net import XR_NAMES, HipXRNet
+
+    model = HipXRNet(head="mlp").eval()
+    with torch.no_grad():
+        measurements, ihdi, features = model(torch.zeros(2, 1, 64, 64))
+    assert model.output_names == ("measurements", "ihdi_logits", "features")
+    assert measurements.shape == (2, len(XR_NAMES)) and ihdi.shape == (2, 2, 4) and features.shape[0] == 2
+    assert set(dict(model.named_children())["measure_head"].keys()) == {"angles", "ihdi"}

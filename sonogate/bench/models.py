@@ -1,6 +1,6 @@
 """The bench's model factory: the timed network at any input size, in float ONNX, static INT8 QDQ and NNCF INT8.
 
-With torch, the network is the one ``sonogate export`` ships (``sonogate.models.network.HipUSNet(head="mlp")``)
+With torch, the network is the one ``sonogate export`` ships (``sonogate.tasks.hip_us.net.HipUSNet(head="mlp")``)
 with seeded random weights; without torch, the same layers are built with ``onnx.helper``. INT8 and NNCF go
 through ``sonogate.export.quantize``, the bundle's recipe. ``kernel_model`` builds the one-layer models of the
 compute-peak measurement.
@@ -30,10 +30,10 @@ def build_torch_model(seed: int = 0):
     """The exported architecture with seeded random weights. Returns (model in eval mode, its description)."""
     import torch
 
-    from sonogate.models.network import HipUSNet
+    from sonogate.tasks.hip_us.net import HipUSNet
 
     torch.manual_seed(seed)
-    return HipUSNet(head="mlp").eval(), "sonogate.models.network.HipUSNet(head='mlp')"
+    return HipUSNet(head="mlp").eval(), "sonogate.tasks.hip_us.net.HipUSNet(head='mlp')"
 
 
 def export_torch_onnx(path: Path, size: int, seed: int = 0, shipping: bool = True) -> tuple[str, str]:
@@ -48,7 +48,7 @@ def export_torch_onnx(path: Path, size: int, seed: int = 0, shipping: bool = Tru
     import torch
 
     from sonogate.export.onnx_export import export_onnx
-    from sonogate.models.network import OUTPUT_NAMES
+    from sonogate.tasks.hip_us.net import OUTPUT_NAMES
 
     model, arch = build_torch_model(seed)
     if not shipping:

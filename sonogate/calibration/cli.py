@@ -73,12 +73,14 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pac-gamma", metavar="G", help="training-conditional radius: coverage >= 1-delta w.p. >= 1-G")
     p.add_argument("--out", metavar="FILE.json", help="output (default BUNDLE/calibration.json with --bundle)")
     p.add_argument(
-        "--modality",
-        choices=("auto", "us", "xr"),
-        default="auto",
-        help="xr: pelvic X-ray bounds per radiograph (AI upper, CE lower; docs/xray.md); auto: xr when the "
-        "bundle's task is hip_xr (default)",
+        "--task",
+        default=None,
+        metavar="ID",
+        help="the task whose calibration to fit (id or short name, e.g. hip_xr or xr): default the bundle's task; "
+        "a predictions CSV without it gets the per-sweep rule calibration",
     )
+    # the former spelling (--modality us|xr): the same short names
+    p.add_argument("--modality", dest="task", help=argparse.SUPPRESS)
 
 
 def add_policy_report_arguments(r: argparse.ArgumentParser) -> None:
@@ -163,32 +165,27 @@ def fit_options(args) -> dict[str, Any]:
     return {"delta": delta, "pac_gamma": gamma, "thresholds": parse_thresholds(args.threshold)}
 
 
-def calibrate_table(args, kind: str, options: dict[str, Any], table, provenance: dict, bundle_sha256, out) -> int:
+def calibrate_table(args, kind: str, options: dict[str, Any], table, provenance: dict, bundle_sha256, out,
+                    calibrator=None) -> int:
     """Fit, write and print a calibration of ``table`` (a PredictionTable).
 
     Inputs: the calibrate arguments, ``kind`` (CALIBRATION_KINDS), ``options`` from ``fit_options``, the table
-    and its provenance, the bundle hash to bind to (None for a CSV) and the output path.
+    and its provenance, the bundle hash to bind to (None for a CSV), the output path and, for "per_image", the
+    task's calibrator (its spec's ``parts["calibrator"]``, a ``sonogate.calibration.per_image.PerImageCalibration``).
     """
     if kind == "per_image":
-        from sonogate.calibration.xr import fit_xr_calibration, requirement_lines
-
-        cal = fit_xr_calibration(
+        if calibrator is None:
+            raise SonogateError("a per-image calibration needs the task: give --bundle or --task")
+        cal = calibrator.fit(
             table, delta=options["delta"], mode=args.mode, affine=not args.no_affine, pac_gamma=options["pac_gamma"],
             seed=args.seed, affine_fraction=args.affine_fraction, bundle_sha256=bundle_sha256, data=provenance,
             thresholds=options["thresholds"], guarantee=args.guarantee,
         )  # fmt: skip
         save_calibration(cal, out)
-        d = cal.data
-        print(
-            f"calibrated X-ray bounds per radiograph (max over both hips), mode {cal.mode}, delta {cal.delta:g}, "
-            f"guarantee {args.guarantee}"
-        )
-        print(
-            f"  {d['n_radiographs']} radiographs of {d['n_patients']} patients; split by {d['split_by']}: "
-            f"{d['n_radiographs_affine']} affine, {d['n_radiographs_calibration']} calibration"
-        )
+        for line in calibrator.summary_lines(cal, args.guarantee):
+            print(line)
         _print_measurements(cal, width=8)
-        requirements = requirement_lines(cal)
+        requirements = calibrator.requirement_lines(cal)
     else:
         from sonogate.calibration.fit import fit_calibration, requirement_text
         from sonogate.calibration.rules import describe_rule

@@ -58,12 +58,15 @@ def _discover() -> None:
 
 
 def get_task(task_id: str) -> TaskSpec:
-    """The spec of ``task_id``; ``TaskSpecError`` (one line, naming the known tasks) when there is none."""
+    """The spec of ``task_id`` (or of a task whose ``cli_names`` hold it); ``TaskSpecError`` (one line, naming the
+    known tasks) when there is none."""
     _discover()
-    try:
-        return _registered[task_id]
-    except KeyError:
-        raise TaskSpecError(f"unknown task {task_id!r} (known: {', '.join(task_ids()) or 'none'})") from None
+    spec = _registered.get(task_id)
+    if spec is None:  # a short name the command line accepts (the spec's cli_names, e.g. "xr")
+        spec = next((s for s in _registered.values() if task_id in s.cli_names), None)
+    if spec is None:
+        raise TaskSpecError(f"unknown task {task_id!r} (known: {', '.join(task_ids()) or 'none'})")
+    return spec
 
 
 def task_ids() -> list[str]:

@@ -130,6 +130,9 @@ class TaskSpec:
     # sonogate.runtime.model_api.Model class for model_type, absent: the generic wrapper registered for it) ->
     # "package.module:attribute"; resolved with importlib by ``part(role)``, so no stage imports a task package.
     parts: dict[str, str] = field(default_factory=dict)
+    # Short names the command line accepts for the id (``sonogate train --task xr``); like ``parts``, what this
+    # installation's commands call the task, not what the task is (left out of the manifest and the hash).
+    cli_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.id or not self.id.replace("_", "").isalnum():
@@ -183,10 +186,11 @@ class TaskSpec:
     def to_manifest(self) -> dict[str, Any]:
         """The spec as a v2 manifest carries it (JSON-ready: tuples become lists, infinities become None).
 
-        ``parts`` is left out: it says where this installation keeps the task's code, not what the task is, so
-        moving a module changes neither the manifest nor ``spec_sha256``."""
+        ``parts`` and ``cli_names`` are left out: they say where this installation keeps the task's code and what its
+        commands call it, not what the task is, so moving a module changes neither the manifest nor ``spec_sha256``."""
         described = asdict(self)
         described.pop("parts")
+        described.pop("cli_names")
         return _jsonable(described)
 
     @property

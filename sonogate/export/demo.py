@@ -1,7 +1,7 @@
 """Build a task's demo bundle from phantom data in one seeded command:
 
     python -m sonogate.export.demo --out demo/bundle                     (hip_us: what scripts/make_demo_bundle.sh runs)
-    python -m sonogate.export.demo --task hip_xr --out out/xr_bundle      (same as python -m sonogate.export.demo_xr)
+    python -m sonogate.export.demo --task hip_xr --out out/xr_bundle
 
 phantom -> ``sonogate train`` -> ``sonogate export`` (-> ``sonogate calibrate`` and a test set where the task's
 recipe does it). What is generated and how large each set is, is the task's demo recipe (``parts["demo"]`` of its
@@ -70,7 +70,7 @@ def make_demo_bundle(out: str, work: str, seed: int = 0, recipe: DemoRecipe | No
 
 
 def main(argv: list[str] | None = None, task: str | None = None) -> int:
-    """``python -m sonogate.export.demo``; ``task`` fixes the task (the ``demo_xr`` alias) instead of --task."""
+    """``python -m sonogate.export.demo``; ``task`` fixes the task instead of --task."""
     parser = argparse.ArgumentParser(prog="python -m sonogate.export.demo", description=__doc__.splitlines()[0])
     if task is None:
         parser.add_argument("--task", default="hip_us", help="which task's demo (default hip_us)")

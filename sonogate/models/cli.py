@@ -48,11 +48,14 @@ def register(subparsers) -> None:
         "evaluate on the held-out infants; writes RUN_DIR/checkpoint.pt and RUN_DIR/metrics.json.",
     )
     p.add_argument(
-        "--modality",
-        choices=("us", "xr"),
+        "--task",
         default="us",
-        help="us: hip ultrasound (default); xr: whole AP pelvis X-ray (labels.csv with a side column, docs/xray.md)",
+        metavar="ID",
+        help="the task to train, by id or short name (its spec names the recipe): us / hip_us, the hip ultrasound "
+        "(default); xr / hip_xr, the whole AP pelvis X-ray (labels.csv with a side column, docs/xray.md)",
     )
+    # the former spelling (--modality us|xr): the same short names
+    p.add_argument("--modality", dest="task", help=argparse.SUPPRESS)
     p.add_argument("--data", required=True, help="labelled folder (labels.csv + images)")
     p.add_argument(
         "--unlabelled",
@@ -94,17 +97,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=train_handler)
 
 
-# ``--modality`` -> the task it trains; the task's spec names its training recipe (``parts["trainer"]``).
-MODALITY_TASKS = {"us": "hip_us", "xr": "hip_xr"}
-
-
 def train_handler(args: argparse.Namespace) -> int:
     need_torch()
     if not 0.0 < args.heldout_fraction < 1.0:
         raise SonogateError(f"--heldout-fraction must be between 0 and 1, not {args.heldout_fraction}")
     from sonogate.core.registry import get_task
 
-    trainer = get_task(MODALITY_TASKS[args.modality]).part("trainer")
+    # the task's spec names its training recipe (``parts["trainer"]``); TaskSpecError names the known tasks
+    trainer = get_task(args.task).part("trainer")
     cfg = trainer.config_from_args(args)
     metrics = trainer.run(cfg, log=lambda msg: print(msg, file=sys.stderr))
     if metrics:  # empty on non-zero torchrun ranks

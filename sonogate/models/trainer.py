@@ -7,8 +7,8 @@ subjects, write ``RUN_DIR/checkpoint.pt`` and ``RUN_DIR/metrics.json``.
 
 What is task-only (targets, augmentation, losses, metrics, the network's head) stays with the task, in
 ``sonogate/tasks/<id>/train.py``; ``sonogate train`` finds a task's recipe through its spec (``parts["trainer"]``,
-a ``TaskTrainer``). The hip ultrasound network itself stays in ``sonogate.models.network`` (with the Graf geometry
-it computes in the graph) because the bench harness measures it by that name.
+a ``TaskTrainer``); each task's network and in-graph geometry live in its package too (the hip ultrasound's:
+``sonogate.tasks.hip_us.net`` and ``sonogate.tasks.hip_us.geometry``).
 """
 
 from __future__ import annotations

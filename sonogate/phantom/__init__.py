@@ -6,12 +6,13 @@ Modules:
     acoustics speckle, PSF, attenuation / TGC, shadows, log compression
     chrome    scanner screen around the image (what a capture card sees) and its ROI
     cine      probe sweeps, hip after hip, with per-frame labels; mp4 + CSV writer
-    xray      pelvic AP radiographs with AI, CE and IHDI grade per hip
     writer    labelled-folder datasets (images/ + labels.csv) read by ``sonogate.data.folder``
     realistic the opt-in "realistic" rendering style (layered soft tissue, thick bone echoes, finer speckle)
     hip_scene the geometry of one hip ultrasound frame (``HipScene``), shared by both styles
     raster    drawing and correlated-noise helpers shared by the renderers
-    cli       ``sonogate phantom us | cine | xr``
+    cli       ``sonogate phantom us | cine`` (and each task's own phantom command, e.g. ``xr``, from its spec)
+
+Each task's own renderer lives in its task package (the pelvic radiograph: ``sonogate.tasks.hip_xr.phantom``).
 
 How close the frames look to real scans is measured outside the package: ``benchmarks/phantom_realism.py``.
 The phantom imports no other stage (only ``sonogate.errors`` and ``sonogate.measurements``).
@@ -29,8 +30,7 @@ _EXPORTS = {
     "HipParams": "hip_us", "UsFrame": "hip_us", "sample_hip_params": "hip_us", "render_us_frame": "hip_us",
     "measure_from_landmarks": "hip_us", "DEFECTS": "hip_us", "LANDMARK_NAMES": "hip_us",
     "add_scanner_chrome": "chrome", "sweep_frames": "cine", "write_cine": "cine",
-    "XrFrame": "xray", "sample_xr_params": "xray", "render_xr_frame": "xray", "measure_xr_from_landmarks": "xray",
-    "write_us_dataset": "writer", "write_xr_dataset": "writer", "STYLES": "realistic",
+    "write_us_dataset": "writer", "STYLES": "realistic",
     "PairedHip": "paired", "paired_hips": "paired", "iter_paired_patients": "paired", "AiModel": "paired",
 }
 __all__ = [
@@ -44,19 +44,14 @@ __all__ = [
     "HipParams",
     "ScannerDevice",
     "UsFrame",
-    "XrFrame",
     "add_scanner_chrome",
     "get_device",
     "measure_from_landmarks",
-    "measure_xr_from_landmarks",
     "render_us_frame",
-    "render_xr_frame",
     "sample_hip_params",
-    "sample_xr_params",
     "sweep_frames",
     "write_cine",
     "write_us_dataset",
-    "write_xr_dataset",
 ]
 
 

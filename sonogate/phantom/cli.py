@@ -4,7 +4,7 @@
                           [--style schematic|realistic] [--orientations horizontal,graf,graf_mirrored]
     sonogate phantom cine --seconds T --fps F --seed S --out FILE.mp4 [--no-chrome] [--device A]
                           [--style schematic|realistic] [--orientation horizontal|graf|graf_mirrored]
-    sonogate phantom xr   --n N --seed S --out DIR
+    sonogate phantom xr | rust | bmd | spine ...   (each task's own, from its spec's parts["phantom_cli"])
 
 Imports of the phantom modules happen inside the handlers, so registering the command costs nothing.
 """
@@ -78,18 +78,8 @@ def cmd_cine(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_xr(args: argparse.Namespace) -> int:
-    from sonogate.phantom.writer import write_xr_dataset
-
-    _positive("n", args.n)
-    _positive("size", args.size)
-    out = write_xr_dataset(args.out, args.n, args.seed, size=args.size, progress=True)
-    print(f"wrote {args.n} phantom pelvic radiographs ({2 * args.n} hip rows) to {out}")
-    return 0
-
-
 def register(subparsers) -> None:
-    """Add ``phantom`` with ``us``, ``cine``, ``xr`` and each task's own (``rust``, ``spine``, ...) to an argparse
+    """Add ``phantom`` with ``us``, ``cine`` and each task's own (``xr``, ``rust``, ``spine``, ...) to an argparse
     subparsers object."""
     phantom = subparsers.add_parser("phantom", help="write synthetic labelled data for every task",
                                     description="Synthetic phantoms with exact ground truth, one kind per task.")
@@ -125,15 +115,7 @@ def register(subparsers) -> None:
     cine.add_argument("--orientation", default=None, metavar="NAME", help="display orientation: " + _ORIENTATION_HELP)
     cine.set_defaults(func=cmd_cine)
 
-    xr = sub.add_parser("xr", help="pelvic radiographs + labels.csv",
-                        description="Write phantom pelvic AP radiographs in the labelled-folder layout.")
-    xr.add_argument("--n", type=_int_arg, required=True, help="number of radiographs (two hip rows each)")
-    xr.add_argument("--seed", type=_int_arg, default=0)
-    xr.add_argument("--out", required=True, help="output folder")
-    xr.add_argument("--size", type=_int_arg, default=256, help="image side in pixels (default 256)")
-    xr.set_defaults(func=cmd_xr)
-
-    # every other task brings its own phantom subcommand, named in its spec (found by the registry, not imported)
+    # every task brings its own phantom subcommand, named in its spec (found by the registry, not imported)
     for task_id in task_ids():
         if "phantom_cli" in get_task(task_id).parts:
             get_task(task_id).part("phantom_cli")(sub)

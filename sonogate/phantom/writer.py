@@ -8,8 +8,8 @@ one sweep of ``frames_per_sweep`` frames sharing hip-level truth. Frame-level co
 geometry of the drawn frame; hip-level columns are the hip's standard-plane truth. ``orientation`` is the
 display orientation of the image (``orientations`` option: drawn per frame; default: the device's convention).
 
-X-ray (``write_xr_dataset``): one image per pelvis, two rows per image (one per hip, ``side`` R / L), each
-row with its own AI / CE / IHDI and every landmark of the pelvis.
+Other tasks write their own layouts with the public helpers here (``check_dataset_args``, ``write_png``,
+``write_csv``, ``progress_bar``): the pelvic X-ray's is ``sonogate.tasks.hip_xr.phantom.write_xr_dataset``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from sonogate.phantom.hip_us import (
     sample_hip_params,
 )
 from sonogate.phantom.realistic import check_style
-from sonogate.phantom.xray import XR_LANDMARK_NAMES, render_xr_frame, sample_xr_params
 
 US_COLUMNS = (
     "image", "patient_id", "side", "sweep_id", "frame_index", "alpha_deg", "beta_deg", "coverage_pct",
@@ -45,12 +44,7 @@ US_COLUMNS = (
     "plane_offset", "graf_type", "age_weeks", "roi_x", "roi_y", "roi_w", "roi_h",
 ) + tuple(f"lm_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
 
-XR_COLUMNS = (
-    "image", "patient_id", "side", "ai_deg", "ce_deg", "ihdi", "severity", "age_months",
-) + tuple(f"lm_{name}_{axis}" for name in XR_LANDMARK_NAMES for axis in "xy")
-
-
-def _check_args(out_dir, n: int, size: int) -> Path:
+def check_dataset_args(out_dir, n: int, size: int) -> Path:
     if not isinstance(n, (int, np.integer)) or n <= 0:
         raise SonogateError(f"number of images must be a whole number > 0, got {n!r}")
     if not isinstance(size, (int, np.integer)) or size < 64:
@@ -76,7 +70,7 @@ def progress_bar(iterable: Iterable, total: int, desc: str, enabled: bool, unit:
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty())
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise SonogateError(f"cannot write image {path}")
 
@@ -121,7 +115,7 @@ def write_us_dataset(
     datasets written with different seeds can be pooled.
     """
     check_style(style)
-    root = _check_args(out_dir, n, size)
+    root = check_dataset_args(out_dir, n, size)
     if not isinstance(frames_per_sweep, (int, np.integer)) or frames_per_sweep <= 0:
         raise SonogateError(f"frames_per_sweep must be a whole number > 0, got {frames_per_sweep!r}")
     if not (0.0 <= float(standard_fraction) <= 1.0):
@@ -183,7 +177,7 @@ def write_us_dataset(
                         sx, sy = roi[2] / size, roi[3] / size
                         landmarks = {k: ((x + 0.5) * sx - 0.5 + roi[0], (y + 0.5) * sy - 0.5 + roi[1])
                                      for k, (x, y) in landmarks.items()}
-                    _write_png(root / "images" / name, image)
+                    write_png(root / "images" / name, image)
                     row = {
                         "image": f"images/{name}", "patient_id": patient_id, "side": side, "sweep_id": sweep_id,
                         "frame_index": j, "alpha_deg": frame.alpha_deg, "beta_deg": frame.beta_deg,
@@ -200,43 +194,11 @@ def write_us_dataset(
                     yield row
             infant += 1
 
-    _write_csv(root / "labels.csv", US_COLUMNS, progress_bar(rows(), n, "phantom US", progress))
+    write_csv(root / "labels.csv", US_COLUMNS, progress_bar(rows(), n, "phantom US", progress))
     return root
 
 
-def write_xr_dataset(out_dir: str | Path, n: int, seed: int, size: int = 256, progress: bool = True) -> Path:
-    """Write ``n`` phantom pelvic radiographs (one per infant) and two label rows per image (R and L hip).
-
-    Columns: image, patient_id, side, ai_deg, ce_deg, ihdi, severity, age_months and ``lm_<name>_x/_y`` for
-    every landmark of the pelvis (both sides, so Hilgenreiner and Perkin lines are recomputable from any
-    row). Output: ``out_dir``.
-    """
-    root = _check_args(out_dir, n, size)
-    rng = np.random.default_rng(seed)
-
-    def rows() -> Iterable[dict]:
-        for i in range(n):
-            params = sample_xr_params(rng)
-            frame = render_xr_frame(params, rng, size)
-            patient_id = f"s{seed}-x{i:05d}"
-            name = f"{patient_id}.png"
-            _write_png(root / "images" / name, frame.image)
-            landmark_cols = {}
-            for k in XR_LANDMARK_NAMES:
-                landmark_cols[f"lm_{k}_x"], landmark_cols[f"lm_{k}_y"] = frame.landmarks[k]
-            for side, ai, ce, grade, severity in (
-                ("R", frame.ai_deg_right, frame.ce_deg_right, frame.ihdi_right, frame.severity_right),
-                ("L", frame.ai_deg_left, frame.ce_deg_left, frame.ihdi_left, frame.severity_left),
-            ):
-                yield {"image": f"images/{name}", "patient_id": patient_id, "side": side, "ai_deg": ai,
-                       "ce_deg": ce, "ihdi": grade, "severity": severity, "age_months": params.age_months,
-                       **landmark_cols}
-
-    _write_csv(root / "labels.csv", XR_COLUMNS, progress_bar(rows(), 2 * n, "phantom XR", progress))
-    return root
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
     try:
         with open(path, "w", newline="") as handle:
             table = csv.writer(handle)

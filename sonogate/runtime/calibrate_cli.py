@@ -3,15 +3,13 @@ predictions CSV), then calibrate or report with ``sonogate.calibration``.
 
 This is the orchestration that needs a model, so it lives in runtime (which may import calibration); the
 calibration package itself only fits, scores and writes. Which fit a bundle gets comes from its task's calibration
-score (manifest v2 ``calibration.score``, or the task spec of a v1 bundle): "one_sided_joint_max" -> per-sweep
-rule calibration, "one_sided" -> per-radiograph bounds. ``--modality us|xr`` forces one.
+score (the task spec of the bundle's task, or of ``--task``): "one_sided_joint_max" -> per-sweep rule calibration,
+"one_sided" -> per-image bounds fitted by the task's calibrator (its spec's ``parts["calibrator"]``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from sonogate.calibration.cli import (
     KIND_OF_SCORE,
@@ -23,7 +21,6 @@ from sonogate.calibration.cli import (
     policy_report_table,
     predictions_table,
 )
-from sonogate.calibration.fit import PredictionTable
 from sonogate.errors import DataError, SonogateError
 
 
@@ -47,89 +44,42 @@ def register(subparsers) -> None:
     r.set_defaults(func=cmd_policy_report)
 
 
-def predict_xr_folder(
-    bundle_path: str | Path,
-    data_dir: str | Path,
-    device: str = "auto",
-    progress: bool = True,
-    precision: str = "auto",
-    threads: int = 1,
-) -> PredictionTable:
-    """Run a whole-pelvis X-ray bundle over a labelled X-ray folder (``sonogate.data.xr``).
-
-    Output: a PredictionTable with one row per hip (id ``<image>:R`` / ``:L``), ``group`` = radiograph,
-    ``subject`` = patient, names ai_deg and ce_deg (raw model outputs and labels). The model variant is the one
-    the runtime uses (``precision`` "auto": INT8 when present).
-    """
-    from sonogate.calibration.xr import XR_NAMES
-    from sonogate.data.xr import read_xr_folder
-    from sonogate.runtime.model_api import create_model
-
-    predictor = create_model(bundle_path, device=device, threads=threads, precision=precision)
-    if not callable(getattr(predictor, "predict", None)):
-        raise SonogateError(f"bundle {bundle_path} (task {predictor.task}) is not a whole-pelvis X-ray bundle")
-    folder = read_xr_folder(data_dir)
-    ids, groups, subjects, pred, true = [], [], [], [], []
-    iterator = range(len(folder))
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, desc="predict", unit="radiograph")
-    for i in iterator:
-        out = predictor.predict(folder.load_gray(i))
-        image = folder.image_paths[i].name
-        for side, code in (("right", "R"), ("left", "L")):
-            j = 0 if side == "right" else 2
-            ids.append(f"{image}:{code}")
-            groups.append(folder.image_paths[i].as_posix())
-            subjects.append(folder.patients[i])
-            pred.append([out.values[f"ai_deg_{side}"], out.values[f"ce_deg_{side}"]])
-            true.append(folder.targets[i, j : j + 2])
-    return PredictionTable(
-        ids=np.array(ids),
-        groups=np.array(groups),
-        names=XR_NAMES,
-        pred=np.array(pred),
-        true=np.array(true),
-        quality=np.ones(len(ids)),
-        subjects=np.array(subjects),
-    )
-
-
-def calibration_kind(args) -> str:
-    """"per_image" or "sweep_rule": ``--modality`` when given, else the bundle's task calibration score (a
-    predictions CSV, or a bundle that does not load, gets the sweep rule: its own path reports the error)."""
-    modality = getattr(args, "modality", "auto")
-    if modality != "auto":
-        return "per_image" if modality == "xr" else "sweep_rule"
-    if not getattr(args, "bundle", None):
-        return "sweep_rule"
-    from sonogate.core.bundle import load_bundle
+def calibration_task(args):
+    """The TaskSpec whose calibration ``sonogate calibrate`` fits: ``--task`` (id or short name) when given, else
+    the bundle's task; None for a predictions CSV without ``--task`` or a bundle that does not load (the per-sweep
+    rule calibration then, whose own path reports the error)."""
     from sonogate.core.registry import get_task
 
+    if getattr(args, "task", None):
+        return get_task(args.task)  # TaskSpecError (one line, naming the known tasks) when unknown
+    if not getattr(args, "bundle", None):
+        return None
+    from sonogate.core.bundle import load_bundle
+
     try:
-        bundle = load_bundle(args.bundle, verify=False)
-        score = (bundle.manifest.get("calibration") or {}).get("score")
-        if score is None:  # a v1 manifest: the task's spec says
-            spec = get_task(bundle.task).calibration
-            score = spec.score if spec is not None else None
+        return get_task(load_bundle(args.bundle, verify=False).task)
     except SonogateError:
-        return "sweep_rule"
+        return None
+
+
+def calibration_kind(spec) -> str:
+    """"per_image" or "sweep_rule", from the task's calibration score ("one_sided" -> per image)."""
+    score = None if spec is None or spec.calibration is None else spec.calibration.score
     return KIND_OF_SCORE.get(score, "sweep_rule")
 
 
-def _table(args, kind: str):
+def _table(args, kind: str, calibrator=None):
     """(table, provenance, bundle or None) of --predictions, or of the bundle run over --data."""
     if args.predictions or not args.data:
         if args.bundle and not args.data and kind == "per_image":
-            raise DataError("--bundle needs --data DIR (a labelled X-ray folder)")
+            raise DataError("--bundle needs --data DIR (the task's labelled folder)")
         table, provenance = predictions_table(args)
         return table, provenance, None
     from sonogate.core.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)  # verifies every file: never calibrate a tampered bundle
     if kind == "per_image":
-        table = predict_xr_folder(args.bundle, args.data, device=args.device, progress=True)
+        table = calibrator.predict_folder(args.bundle, args.data, device=args.device, progress=True)
     else:
         from sonogate.runtime.predict import predict_folder
 
@@ -138,11 +88,14 @@ def _table(args, kind: str):
 
 
 def cmd_calibrate(args) -> int:
-    kind = calibration_kind(args)
+    spec = calibration_task(args)
+    kind = calibration_kind(spec)
+    calibrator = spec.part("calibrator") if kind == "per_image" else None
     options = fit_options(args)
-    table, provenance, bundle = _table(args, kind)
+    table, provenance, bundle = _table(args, kind, calibrator)
     out = Path(args.out) if args.out else bundle.calibration_path
-    return calibrate_table(args, kind, options, table, provenance, None if bundle is None else bundle.bundle_hash, out)
+    return calibrate_table(args, kind, options, table, provenance, None if bundle is None else bundle.bundle_hash, out,
+                           calibrator=calibrator)
 
 
 def cmd_policy_report(args) -> int:

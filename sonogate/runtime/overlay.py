@@ -204,6 +204,9 @@ def xray_lines(event: dict) -> list[str]:
     if event.get("error"):
         return [f"X-ray {event.get('file', '')[:18]}: not measured"]
     lines = [f"X-ray {event.get('file', '')[:24]}"]
+    if not event.get("hips"):  # a task measured per image, not per hip: its decision and first columns
+        columns = [f" {k}: {v}" for k, v in (event.get("columns") or {}).items() if k != "decision"]
+        return lines + [f" {event.get('decision') or ''}"] + columns[:2]
     for side in ("right", "left"):
         hip = (event.get("hips") or {}).get(side) or {}
         ai, ce = hip.get("ai_deg") or {}, hip.get("ce_deg") or {}

@@ -7,7 +7,7 @@ stopped growing, measures it with the X-ray bundle's model (``create_model``, th
 with conformal bounds when the bundle is calibrated) and hands back one event per radiograph. The work runs on a
 background thread so the ultrasound frame loop never waits for it.
 
-Inputs: a loaded radiograph model (``measure``, ``calibration``, ``algorithm``) and a folder. Output: ``drain()`` -> list of event dicts (``type`` "xray";
+Inputs: a loaded per-image radiograph model (``analyze``, ``algorithm``: any radiograph task's bundle) and a folder. Output: ``drain()`` -> list of event dicts (``type`` "xray";
 docs/events.md), also for files that could not be read (``error`` set, no numbers). The file's base name is
 the only thing of the input in the event: no patient data.
 """
@@ -111,10 +111,12 @@ class XrayWatcher:
         try:
             frame, image = read_radiograph(path)
             notes: list[str] = []
-            event["hips"] = self.model.measure(np.ascontiguousarray(frame), image, notes)
+            # the bundle's per-image analysis, as ``sonogate analyze`` runs it (it notes a missing calibration)
+            result = self.model.analyze(np.ascontiguousarray(frame), image, notes)
+            event["hips"] = result.get("hips")  # a task measured per hip (hip_xr) says so per hip
+            event["decision"] = result.get("recommendation")  # not "recommendation": that key is the live one's
+            event["columns"] = result.get("columns")
             event["notes"] = notes
-            if self.model.calibration is None:
-                event["notes"].append("X-ray bundle has no calibration: values without bounds")
         except SonogateError as exc:
             event["error"] = str(exc)
         except Exception as exc:  # a model fault must not stop the ultrasound session  # noqa: BLE001

@@ -60,13 +60,13 @@ class HipUsExporter(TaskExporter):
         return build_model(ckpt)
 
     def output_names(self, model) -> tuple[str, ...]:
-        from sonogate.models.network import OUTPUT_NAMES
+        from sonogate.tasks.hip_us.net import OUTPUT_NAMES
 
         return OUTPUT_NAMES
 
     def load_data(self, ckpt: dict, opts: ExportOptions, pre: Preprocessing, parity_frames: int) -> ExportData:
         from sonogate.data.folder import read_labelled_folder
-        from sonogate.models.network import US_NAMES
+        from sonogate.tasks.hip_us.net import US_NAMES
         from sonogate.tasks.hip_us.train import load_resized
 
         train_data = Path(ckpt["data"]["path"])
@@ -109,7 +109,7 @@ class HipUsExporter(TaskExporter):
         )
 
     def comparer(self, ckpt: dict, data: ExportData, ref: dict[str, np.ndarray]) -> Callable[[dict], dict]:
-        from sonogate.models.network import US_NAMES
+        from sonogate.tasks.hip_us.net import US_NAMES
 
         truth, standard = data.context["truth"], data.context["standard"]
         ood_mean, ood_prec = ckpt["ood"]["mean"].numpy(), ckpt["ood"]["precision"].numpy()
@@ -173,7 +173,7 @@ class HipUsExporter(TaskExporter):
         return {"ood": block}
 
     def manifest(self, ckpt: dict, pre: Preprocessing, model) -> dict[str, Any]:
-        from sonogate.models.network import US_NAMES
+        from sonogate.tasks.hip_us.net import US_NAMES
 
         cfg = ckpt["config"]
         return {

@@ -56,4 +56,5 @@ TASK = TaskSpec(
            "demo": "sonogate.tasks.hip_us.recipe:DEMO", "cli": "sonogate.tasks.hip_us.label_cli:register"},
     analyze_columns=("recommendation", "graf_type", "alpha_deg", "alpha_deg_lower_bound", "beta_deg",
                      "beta_deg_upper_bound", "coverage_pct", "coverage_pct_lower_bound"),
+    cli_names=("us",),
 )

@@ -13,7 +13,7 @@ infants pick the head epoch that is kept.
 
 The generic parts (device, pretraining, the head-fitting loop, checkpoints) are ``sonogate.models.trainer``; this
 module is the hip_us recipe on them (``TRAINER``, named by the task's spec); the network is
-``sonogate.models.network.HipUSNet``.
+``sonogate.tasks.hip_us.net.HipUSNet``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from sonogate.data.splits import split_by_group
 from sonogate.errors import DataError
 from sonogate.models.augment import AugmentConfig
 from sonogate.models.encoder import pool
-from sonogate.models.geometry import line_aware_error
-from sonogate.models.network import US_NAMES, HipUSNet
+from sonogate.tasks.hip_us.geometry import line_aware_error
+from sonogate.tasks.hip_us.net import US_NAMES, HipUSNet
 from sonogate.models.simsiam import init_distributed, params_checksum
 from sonogate.models.trainer import (
     CHECKPOINT,
@@ -392,7 +392,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     folder = read_labelled_folder(cfg.data)
     landmark_names: list[str] = []
     if cfg.head == "landmark":
-        from sonogate.models.geometry import required_landmarks
+        from sonogate.tasks.hip_us.geometry import required_landmarks
 
         landmark_names = required_landmarks()
         absent = [n for n in landmark_names if f"lm_{n}_x" not in folder.columns]

@@ -88,7 +88,7 @@ class HipXrExporter(TaskExporter):
 
     def load_data(self, ckpt: dict, opts: ExportOptions, pre: Preprocessing, parity_frames: int) -> ExportData:
         from sonogate.data.folder import list_images
-        from sonogate.data.xr import read_xr_folder
+        from sonogate.tasks.hip_xr.data import read_xr_folder
         from sonogate.tasks.hip_xr.train import load_letterboxed
 
         train_data = Path(ckpt["data"]["path"])

@@ -10,7 +10,7 @@ image (N, 1, S, S), the letterboxed AP pelvis, normalised
 outputs: measurements (N, 4) ai_deg right, ce_deg right, ai_deg left, ce_deg left; ihdi_logits (N, 2, 4);
          landmarks (N, 8, 2) (landmark head only); features (N, 512)
 
-The geometry is the one of ``sonogate.phantom.xray.measure_xr_from_landmarks`` (tested against it in the
+The geometry is the one of ``sonogate.tasks.hip_xr.phantom.measure_xr_from_landmarks`` (tested against it in the
 ONNX graph): "right" is the hip on the image's left.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from sonogate.models.encoder import Encoder, pool
 from sonogate.models.heads import LandmarkHead, MLPHead
-from sonogate.phantom.xray import XR_LANDMARK_NAMES
+from sonogate.tasks.hip_xr.phantom import XR_LANDMARK_NAMES
 
 XR_HEADS = ("landmark", "mlp")
 XR_NAMES = ("ai_deg_right", "ce_deg_right", "ai_deg_left", "ce_deg_left")
@@ -44,7 +44,7 @@ def xr_geometry(points: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     """AI, CE per hip and geometric IHDI scores from named (N, 2) landmark tensors (any isotropic unit).
 
     Output: measurements (N, 4) = ai_right, ce_right, ai_left, ce_left (deg) and ihdi scores (N, 2, 4) whose
-    argmax (first index on ties) is ``sonogate.phantom.xray.ihdi_grade`` - 1.
+    argmax (first index on ties) is ``sonogate.tasks.hip_xr.phantom.ihdi_grade`` - 1.
     Hilgenreiner H = unit vector triradiate_r -> triradiate_l; lateral = -H (right) / +H (left); "up" is the
     normal of H on the side of that hip's acetabular edge. AI = atan2(<e - t, up>, <e - t, lateral>),
     CE = atan2(<e - c, lateral>, <e - c, up>) with t triradiate, e acetabular edge, c head centre.
@@ -106,7 +106,8 @@ class HipXRNet(nn.Module):
         self.register_buffer("target_std", torch.ones(len(XR_NAMES)))
         if head == "mlp":
             # Both under "measure_head." so INT8 export keeps them float (sonogate.export.quantize.HEAD_PREFIXES).
-            self.measure_head = nn.ModuleDict({"values": MLPHead(len(XR_NAMES)), "ihdi": MLPHead(8)})
+            # Not "values": ModuleDict has a values() method, and that key made the mlp head fail at construction.
+            self.measure_head = nn.ModuleDict({"angles": MLPHead(len(XR_NAMES)), "ihdi": MLPHead(8)})
         else:
             self.landmark_head = LandmarkHead(len(XR_LANDMARKS))
             self.geometry = XrGeometry()
@@ -122,7 +123,7 @@ class HipXRNet(nn.Module):
         and ``forward`` share it)."""
         feats = pool(f4)
         if self.head == "mlp":
-            meas = self.measure_head["values"](feats) * self.target_std + self.target_mean
+            meas = self.measure_head["angles"](feats) * self.target_std + self.target_mean
             return meas, self.measure_head["ihdi"](feats).reshape(-1, 2, 4), feats, None
         coords = self.landmark_head(f2, f3, f4)
         meas, ihdi = self.geometry(coords)

@@ -1,9 +1,9 @@
-"""The hip_xr task's demo recipe (``python -m sonogate.export.demo --task hip_xr``, or ``python -m
-sonogate.export.demo_xr``; the runner is ``sonogate.export.demo``): a whole-pelvis X-ray demo bundle from phantom
+"""The hip_xr task's demo recipe (``python -m sonogate.export.demo --task hip_xr``; the runner is
+``sonogate.export.demo``): a whole-pelvis X-ray demo bundle from phantom
 radiographs in one seeded command.
 
 phantom (labelled training radiographs, unlabelled radiographs, a calibration set and a test set, all distinct
-patients) -> ``sonogate train --modality xr`` -> ``sonogate export`` -> ``sonogate calibrate`` (per radiograph,
+patients) -> ``sonogate train --task xr`` -> ``sonogate export`` -> ``sonogate calibrate`` (per radiograph,
 bound to the bundle) -> the calibrated verdict on the test set. Sized to finish in about 10-15 minutes on 2 CPU
 cores; ``quick`` is a smoke test (a couple of minutes, numbers meaningless).
 """
@@ -80,11 +80,10 @@ def make_xr_demo_bundle(out: str, work: str, seed: int = 0, recipe: XrDemoRecipe
                         progress: bool = True, device: str = "auto", stage: str = "all", run_name: str = "run") -> dict:
     """phantom -> train -> export -> calibrate -> test. Returns the summary (also in WORK/demo_xr_summary.json).
     The X-ray demo runs as a whole (``stage`` "all"); ``run_name`` is the run folder inside ``work``."""
-    from sonogate.calibration.xr import fit_xr_calibration
     from sonogate.core.bundle import load_bundle
     from sonogate.export.bundle import ExportOptions, export_bundle
-    from sonogate.phantom.writer import write_xr_dataset
-    from sonogate.runtime.calibrate_cli import predict_xr_folder
+    from sonogate.tasks.hip_xr.calibrate import fit_xr_calibration, predict_xr_folder
+    from sonogate.tasks.hip_xr.phantom import write_xr_dataset
     from sonogate.tasks.hip_xr.train import XrTrainConfig, run_xr_training
 
     def log(message: str) -> None:

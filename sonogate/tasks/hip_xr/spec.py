@@ -50,9 +50,12 @@ TASK = TaskSpec(
     ),
     calibration=CalibrationSpec(score="one_sided", exchangeable_unit="image", delta_default=0.1),
     parts={"model_wrapper": "sonogate.tasks.hip_xr.model:HipXrPelvisModel",
+           "phantom_cli": "sonogate.tasks.hip_xr.cli:add_phantom_parser",
+           "calibrator": "sonogate.tasks.hip_xr.calibrate:CALIBRATOR",
            "trainer": "sonogate.tasks.hip_xr.train:TRAINER", "exporter": "sonogate.tasks.hip_xr.export:EXPORTER",
            "demo": "sonogate.tasks.hip_xr.recipe:DEMO"},
     analyze_columns=("right_ai_deg", "right_ai_deg_upper_bound", "right_ce_deg", "right_ce_deg_lower_bound",
                      "right_ihdi", "right_xr_verdict", "left_ai_deg", "left_ai_deg_upper_bound", "left_ce_deg",
                      "left_ce_deg_lower_bound", "left_ihdi", "left_xr_verdict"),
+    cli_names=("xr",),
 )

@@ -1,4 +1,4 @@
-"""``sonogate train --modality xr``: the hip_xr task's training recipe (the generic parts: ``sonogate.models.trainer``).
+"""``sonogate train --task xr``: the hip_xr task's training recipe (the generic parts: ``sonogate.models.trainer``).
 
 Split by patient (one radiograph per patient in the phantom; the split keeps every patient whole), SimSiam-
 pretrain the 1-channel ResNet-18 on the training patients' radiographs (labels unused) plus any unlabelled
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from sonogate.data.folder import load_gray_image
 from sonogate.data.splits import split_by_group
-from sonogate.data.xr import SIDES, XrFolder, read_xr_folder
 from sonogate.errors import DataError, SonogateError
 from sonogate.models.augment import AugmentConfig
 from sonogate.models.trainer import (
@@ -49,6 +48,7 @@ from sonogate.models.trainer import (
     unlabelled_paths,
 )
 from sonogate.runtime.preprocess import letterbox
+from sonogate.tasks.hip_xr.data import SIDES, XrFolder, read_xr_folder
 from sonogate.tasks.hip_xr.model import XR_TASK
 from sonogate.tasks.hip_xr.net import FLIP_LANDMARKS, FLIP_TARGETS, XR_HEADS, XR_LANDMARKS, XR_NAMES, HipXRNet
 
@@ -210,7 +210,7 @@ def _losses(model: HipXRNet, cache: _Cache, t: _Targets, idx: torch.Tensor, cfg:
     z, zm = tt.z.to(device), tt.z_mask.to(device)
     if model.head == "mlp":
         feats = cache.batch(idx, device)
-        zp = model.measure_head["values"](feats)
+        zp = model.measure_head["angles"](feats)
         loss_meas = F.l1_loss(zp[zm], z[zm]) if zm.any() else zero
         logits = model.measure_head["ihdi"](feats).reshape(-1, 4)
         labels = tt.ihdi.to(device).reshape(-1)
@@ -264,7 +264,7 @@ def fit_xr_head(
     )  # fmt: skip
     if model.head == "mlp":
         feats0 = cache.feats.to(device)
-        model.measure_head["values"].set_feature_stats(feats0)
+        model.measure_head["angles"].set_feature_stats(feats0)
         model.measure_head["ihdi"].set_feature_stats(feats0)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
@@ -366,7 +366,7 @@ def evaluate_xr(pred: dict[str, np.ndarray], folder: XrFolder, boxes: np.ndarray
 
 # -- the run --------------------------------------------------------------------------------------------------
 def run_xr_training(cfg: XrTrainConfig, log: Callable[[str], None] = print) -> dict:
-    """The whole ``sonogate train --modality xr``. Returns the metrics (also written to RUN_DIR/metrics.json)."""
+    """The whole ``sonogate train --task xr``. Returns the metrics (also written to RUN_DIR/metrics.json)."""
     if cfg.head not in XR_HEADS:
         raise SonogateError(f"--head must be one of {', '.join(XR_HEADS)} for X-ray, not {cfg.head!r}")
     if not 0.0 < cfg.heldout_fraction < 1.0:
@@ -442,7 +442,7 @@ def is_xr_run(run_dir) -> bool:
 
 def load_xr_checkpoint(run_dir) -> dict:
     """RUN_DIR/checkpoint.pt of an X-ray run (weights-only loading). DataError when absent or not an X-ray run."""
-    return load_run_checkpoint(run_dir, XR_CHECKPOINT_FORMAT, "run sonogate train --modality xr first")
+    return load_run_checkpoint(run_dir, XR_CHECKPOINT_FORMAT, "run sonogate train --task xr first")
 
 
 def build_xr_model(ckpt: dict) -> HipXRNet:
@@ -453,10 +453,10 @@ def build_xr_model(ckpt: dict) -> HipXRNet:
 
 
 def config_from_args(args) -> XrTrainConfig:
-    """``sonogate train --modality xr`` arguments -> XrTrainConfig (X-ray defaults: 192 px, landmark head, 60 head
+    """``sonogate train --task xr`` arguments -> XrTrainConfig (X-ray defaults: 192 px, landmark head, 60 head
     epochs, 3 augmented copies)."""
     if args.finetune_last_stage:
-        raise SonogateError("--finetune-last-stage is not available for --modality xr (frozen encoder)")
+        raise SonogateError("--finetune-last-stage is not available for --task xr (frozen encoder)")
     return XrTrainConfig(
         data=args.data, out=args.out, unlabelled=list(args.unlabelled), val_data=args.val_data, size=args.size or 192,
         ssl_epochs=args.ssl_epochs, ssl_lr=args.ssl_lr, ssl_size=args.ssl_size, head=args.head or "landmark",

@@ -23,7 +23,7 @@ import numpy as np
 
 from sonogate.data.folder import load_gray_image, read_labelled_folder
 from sonogate.errors import DataError
-from sonogate.phantom.xray import RETUVE_ALIASES, XR_LANDMARK_NAMES
+from sonogate.tasks.hip_xr.phantom import RETUVE_ALIASES, XR_LANDMARK_NAMES
 
 SIDES = ("right", "left")
 XR_TARGETS = ("ai_deg_right", "ce_deg_right", "ai_deg_left", "ce_deg_left")
@@ -134,7 +134,7 @@ class RetuveReference:
 def retuve_reference(obj: dict, same_point_px: float = 1.0) -> RetuveReference:
     """Reference AI (and CE where possible) from a parsed Retuve X-ray landmark JSON; DataError when the six
     points are not all there."""
-    from sonogate.phantom.xray import measure_xr_from_landmarks
+    from sonogate.tasks.hip_xr.phantom import measure_xr_from_landmarks
 
     try:
         points = {k: tuple(float(v) for v in xy) for k, xy in obj["landmark_list"][0].items()}

@@ -46,7 +46,7 @@ class HipUSNet(nn.Module):
         if head == "mlp":
             self.measure_head = MLPHead(len(US_NAMES))
         else:
-            from sonogate.models.geometry import GrafGeometry
+            from sonogate.tasks.hip_us.geometry import GrafGeometry
 
             self.landmark_head = LandmarkHead(len(self.landmark_names))
             self.geometry = GrafGeometry(self.landmark_names)

@@ -23,14 +23,16 @@ quantum noise and blur) is built around those landmarks, so every label is recom
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from sonogate.errors import SonogateError
 from sonogate.phantom.raster import ONE, SHIFT, fx
+from sonogate.phantom.writer import check_dataset_args, progress_bar, write_csv, write_png
 
 SEVERITIES = ("normal", "dysplastic", "subluxated", "dislocated")
 XR_LANDMARK_NAMES = (
@@ -394,3 +396,40 @@ def render_xr_frame(params: XrParams, rng: np.random.Generator, size: int = 256)
         ihdi_left=int(measured["ihdi_left"]), ihdi_right=int(measured["ihdi_right"]),
         landmarks=lms, severity_left=params.left.severity, severity_right=params.right.severity,
     )
+
+
+XR_COLUMNS = (
+    "image", "patient_id", "side", "ai_deg", "ce_deg", "ihdi", "severity", "age_months",
+) + tuple(f"lm_{name}_{axis}" for name in XR_LANDMARK_NAMES for axis in "xy")
+
+
+def write_xr_dataset(out_dir: str | Path, n: int, seed: int, size: int = 256, progress: bool = True) -> Path:
+    """Write ``n`` phantom pelvic radiographs (one per infant) and two label rows per image (R and L hip).
+
+    Columns: image, patient_id, side, ai_deg, ce_deg, ihdi, severity, age_months and ``lm_<name>_x/_y`` for
+    every landmark of the pelvis (both sides, so Hilgenreiner and Perkin lines are recomputable from any
+    row). Output: ``out_dir``.
+    """
+    root = check_dataset_args(out_dir, n, size)
+    rng = np.random.default_rng(seed)
+
+    def rows() -> Iterable[dict]:
+        for i in range(n):
+            params = sample_xr_params(rng)
+            frame = render_xr_frame(params, rng, size)
+            patient_id = f"s{seed}-x{i:05d}"
+            name = f"{patient_id}.png"
+            write_png(root / "images" / name, frame.image)
+            landmark_cols = {}
+            for k in XR_LANDMARK_NAMES:
+                landmark_cols[f"lm_{k}_x"], landmark_cols[f"lm_{k}_y"] = frame.landmarks[k]
+            for side, ai, ce, grade, severity in (
+                ("R", frame.ai_deg_right, frame.ce_deg_right, frame.ihdi_right, frame.severity_right),
+                ("L", frame.ai_deg_left, frame.ce_deg_left, frame.ihdi_left, frame.severity_left),
+            ):
+                yield {"image": f"images/{name}", "patient_id": patient_id, "side": side, "ai_deg": ai,
+                       "ce_deg": ce, "ihdi": grade, "severity": severity, "age_months": params.age_months,
+                       **landmark_cols}
+
+    write_csv(root / "labels.csv", XR_COLUMNS, progress_bar(rows(), 2 * n, "phantom XR", progress))
+    return root
