@@ -4,4 +4,4 @@ Ultrasound frames in, Graf alpha / beta / femoral-head coverage with calibrated 
 recommendation: ultrasound sufficient, X-ray recommended, image not usable, or no recommendation.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

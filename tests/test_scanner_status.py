@@ -116,7 +116,7 @@ def test_other_scanner_turns_not_calibrated_after_the_window_and_back(tmp_path):
         assert all(e["scanner_status"] == "not_calibrated" for e in other[WINDOW - 1:])
         for e in other[WINDOW - 1:]:
             assert e["recommendation"] == "insufficient_image" and e["candidate"] == "insufficient_image"
-            assert e["reason"] == NOT_CALIBRATED_REASON and "adapt the bundle" in e["reason"]
+            assert e["reason"] == NOT_CALIBRATED_REASON and "sonogate adapt" in e["reason"]
             assert e["measurements"] is None and e["graf_type"] is None and e["accepted_frames"] == 0
             assert set(e["frame_measurements"]) == {"alpha_deg", "beta_deg", "coverage_pct"}  # kept for the log
         assert session.scanner_status == "not_calibrated"
@@ -217,7 +217,7 @@ def test_overlay_shows_the_not_calibrated_banner_and_no_numbers(tmp_path):
 
     canvas, renderer = _render(uncalibrated, frame)
     assert renderer.banner_lines == NOT_CALIBRATED_BANNER == ("NOT CALIBRATED FOR THIS SCANNER",
-                                                              "adapt the bundle to this scanner (docs/site.md)")
+                                                              "run sonogate adapt (docs/site.md)")
     assert renderer.drawn_text[:2] == list(NOT_CALIBRATED_BANNER)
     banner = canvas[:65, :640].reshape(-1, 3)
     in_colour = np.all(banner == NOT_CALIBRATED_COLOUR, axis=1).mean()

@@ -48,7 +48,7 @@ from sonogate.errors import SonogateError
 
 AUDIT_FORMAT_VERSION = 1
 GENESIS = "0" * 64
-EVENT_KINDS = ("session_start", "recommendation", "fault", "session_end")
+EVENT_KINDS = ("session_start", "recommendation", "fault", "session_end", "bundle_adapted")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # keys copied from a Session event into a "recommendation" / "fault" line (never the whole event)
@@ -276,6 +276,19 @@ class AuditLog:
             self.changes += int(changed)
             self.faults += int(fault_started)
         return line
+
+    def record_adaptation(self, *, base_sha256: str, data_sha256: str, n_sweeps: int, n_infants: int,
+                          radii: dict[str, float | None] | None, held_out: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Write a ``bundle_adapted`` line (``sonogate adapt``): the base bundle and site data hashes, the numbers of
+        sweeps and infants, the radii and the held-out check's figures. The line's ``bundle_sha256`` (context) is
+        the adapted bundle's."""
+        return self._append({
+            "event": "bundle_adapted", "recommendation": None, "reason": "bundle adapted to a site",
+            "base_bundle_sha256": str(base_sha256), "data_sha256": str(data_sha256), "n_sweeps": int(n_sweeps),
+            "n_infants": int(n_infants),
+            "radii": None if radii is None else {str(k): _json_number(v) for k, v in radii.items()},
+            "held_out": None if held_out is None else {str(k): _json_number(v) for k, v in held_out.items()},
+        })
 
     def close(self, reason: str = "session ended") -> dict[str, Any] | None:
         """Write ``session_end`` (with the final recommendation) and close the file. Idempotent."""

@@ -50,6 +50,16 @@ class FrameResult:
         return False
 
 
+@dataclass
+class FrameRecord:
+    """``ImageMeasurementModel.infer_record``: the frame's result and the raw arrays behind it."""
+
+    result: FrameResult
+    graph_measurements: np.ndarray  # (m,) the graph's own measurements (before any measurement head)
+    features: np.ndarray | None  # (d,) the features output, None when the graph has none
+    image_descriptor: np.ndarray | None  # (DESCRIPTOR_DIM,) image statistics of the model input
+
+
 def _sigmoid(logit: float) -> float:
     """Numerically stable logistic. A non-finite logit means a broken model: NaN, which the caller treats as a
     fault (an infinitely confident "standard plane" must not pass the quality gate)."""
@@ -59,6 +69,68 @@ def _sigmoid(logit: float) -> float:
         return 1.0 / (1.0 + math.exp(-logit))
     z = math.exp(logit)
     return z / (1.0 + z)
+
+
+MEASUREMENT_HEAD_KEY = "measurement_head"  # manifest block of a site head on the features (``sonogate adapt``)
+
+
+class MeasurementHead:
+    """A linear head on the graph's features that replaces some of its measurements (written by
+    ``sonogate adapt`` when a ridge head on the frozen encoder's features beat the graph's own head on the site's
+    labelled sweeps).
+
+    The manifest block ``measurement_head`` names the file (listed in ``files``, so hashed and signed with the
+    model), the features output it reads and the measurement names it replaces; the file holds ``weights``
+    (k, d) and ``bias`` (k,), so value_j = weights[j] . features + bias[j] (the features' standardisation is
+    folded in). Non-finite features give NaN, which every later step treats as "no measurement".
+    """
+
+    def __init__(self, names: tuple[str, ...], weights: np.ndarray, bias: np.ndarray):
+        weights = np.asarray(weights, dtype=np.float64)
+        bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+        if weights.ndim != 2 or weights.shape[0] != len(names) or bias.shape != (len(names),):
+            raise BundleError(f"measurement head shapes do not match: weights {weights.shape}, bias {bias.shape}, "
+                              f"{len(names)} names")
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+            raise BundleError("measurement head has non-finite weights")
+        self.names = tuple(names)
+        self.weights = weights
+        self.bias = bias
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, measurement_names: tuple[str, ...]) -> MeasurementHead | None:
+        """The bundle's head, or None when its manifest has no ``measurement_head`` block."""
+        entry = bundle.manifest.get(MEASUREMENT_HEAD_KEY)
+        if not entry:
+            return None
+        try:
+            names = tuple(str(n) for n in entry["replaces"])
+            file = str(entry["file"])
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"bundle {bundle.path}: measurement_head block is missing {exc}") from None
+        if file not in (bundle.manifest.get("files") or {}):
+            raise BundleError(f"bundle {bundle.path}: measurement head {file} is not listed (hashed) in the manifest")
+        unknown = [n for n in names if n not in measurement_names]
+        if unknown or not names:
+            raise BundleError(f"bundle {bundle.path}: measurement head replaces {', '.join(unknown) or 'nothing'}, "
+                              f"not among the measurements {', '.join(measurement_names)}")
+        try:
+            with np.load(bundle.file(file)) as data:
+                return cls(names, data["weights"], data["bias"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"bundle measurement head {file} is unreadable: {exc}") from None
+
+    def apply(self, measurements: np.ndarray, features: np.ndarray, index: Mapping[str, int]) -> np.ndarray:
+        """``measurements`` (m,) with the head's names replaced by the head's values on ``features`` (d,)."""
+        features = np.asarray(features, dtype=np.float64).reshape(-1)
+        if features.shape[0] != self.weights.shape[1]:
+            raise RuntimeError(f"measurement head expects {self.weights.shape[1]} features, the model returned "
+                               f"{features.shape[0]}")
+        values = self.weights @ features + self.bias
+        out = np.array(measurements, dtype=np.float64)
+        for name, value in zip(self.names, values):
+            out[index[name]] = value
+        return out
 
 
 class OodModel:
@@ -127,6 +199,11 @@ class ImageMeasurementModel(InputModel):
         if self.image_ood is not None and first.kind != "image":
             raise BundleError(f"bundle {bundle.path}: image statistics need an image as the first input")
         self.n_measurements = len(bundle.measurement_names)
+        self.head = MeasurementHead.from_bundle(bundle, tuple(bundle.measurement_names))
+        if self.head is not None and self.features_output not in graph_outputs:
+            raise BundleError(f"bundle {bundle.path}: its measurement head reads the features output "
+                              f"{self.features_output!r}, which the model graph does not have")
+        self._measurement_index = {name: i for i, name in enumerate(bundle.measurement_names)}
 
     @property
     def per_image(self) -> PerImageAnalysis:
@@ -153,12 +230,26 @@ class ImageMeasurementModel(InputModel):
         feeds = dict(tensor) if isinstance(tensor, Mapping) else {self.inputs[0].name: tensor}
         return self.postprocess(self.adapter.infer_sync(feeds), {"tensors": feeds})
 
+    def infer_record(self, tensor: np.ndarray) -> FrameRecord:
+        """Everything a site adaptation needs of one preprocessed (1, C, H, W) tensor: the FrameResult (head
+        applied), the graph's own measurements, the features and the image-statistics descriptor."""
+        feeds = {self.inputs[0].name: tensor}
+        outputs = self.adapter.infer_sync(feeds)
+        result = self.postprocess(outputs, {"tensors": feeds})
+        graph = np.asarray(outputs[self.measurement_output], dtype=np.float64).reshape(-1)
+        features = (np.asarray(outputs[self.features_output], dtype=np.float64).reshape(-1)
+                    if self.features_output in outputs else None)
+        descriptor = self.image_stats(tensor, *self._norm).copy() if self.inputs[0].kind == "image" else None
+        return FrameRecord(result=result, graph_measurements=graph, features=features, image_descriptor=descriptor)
+
     def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> FrameResult:
         measurements = np.asarray(outputs[self.measurement_output], dtype=np.float64).reshape(-1)
         if measurements.size != self.n_measurements:
             # never spread a short output over the named measurements: that could reassure on garbage
             raise RuntimeError(f"model returned {measurements.size} measurements, the bundle names "
                                f"{self.n_measurements}")
+        if self.head is not None:
+            measurements = self.head.apply(measurements, outputs[self.features_output], self._measurement_index)
         plane_probability = None
         if self.quality_output is not None:
             logit_values = np.asarray(outputs[self.quality_output]).reshape(-1)

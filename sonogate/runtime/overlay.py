@@ -26,9 +26,9 @@ UNITS = {"alpha_deg": "deg", "beta_deg": "deg", "coverage_pct": "%"}
 LABELS = {"alpha_deg": "alpha", "beta_deg": "beta", "coverage_pct": "coverage"}
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 NOT_CALIBRATED_COLOUR = (150, 40, 150)  # BGR purple: none of the recommendation colours
-NOT_CALIBRATED_BANNER = ("NOT CALIBRATED FOR THIS SCANNER", "adapt the bundle to this scanner (docs/site.md)")
+NOT_CALIBRATED_BANNER = ("NOT CALIBRATED FOR THIS SCANNER", "run sonogate adapt (docs/site.md)")
 NOT_CALIBRATED_PANEL = ("measurements hidden: the model is", "outside its calibrated domain.",
-                        "Label sweeps from this scanner", "(sonogate label), then adapt", "the bundle (docs/site.md)")
+                        "Label sweeps from this scanner", "(sonogate label), then run", "sonogate adapt (docs/site.md)")
 
 
 class OverlayRenderer:

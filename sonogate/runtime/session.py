@@ -17,7 +17,7 @@ the scale is for display (the overlay's 1 cm bar) and reports.
 Scanner status (events' ``scanner_status``): a rolling record of whether the last ``ScannerDomainCheck.WINDOW``
 model-evaluated frames failed the bundle's image-statistics out-of-distribution check. When nearly all of them
 fail, the images come from a scanner (or a setting) the bundle was not calibrated for: the session is then "not
-calibrated for this scanner", refuses every frame with that reason and the instruction to adapt the bundle,
+calibrated for this scanner", refuses every frame with that reason and the instruction to run sonogate adapt,
 and never reassures, until the share of failing frames has dropped well below (hysteresis). docs/safety.md says
 why the image check and not the feature check decides, and why the measurements are not displayed then.
 """
@@ -53,10 +53,9 @@ _SCALE_SOURCES = {"ultrasound_regions": "dicom_regions", "dicom_regions": "dicom
 
 SCANNER_CALIBRATED = "calibrated"
 SCANNER_NOT_CALIBRATED = "not_calibrated"
-# The instruction names what a site can do today (label sweeps) and where the rest is explained: 'sonogate adapt'
-# does not exist yet in this version, and an on-screen command that fails would be worse than none.
+# The instruction names the two commands a site runs to bring the scanner on board (docs/site.md).
 NOT_CALIBRATED_REASON = ("not calibrated for this scanner: images differ from the training/calibration data; "
-                         "label sweeps from this scanner and adapt the bundle to it (docs/site.md)")
+                         "label sweeps from this scanner (sonogate label) and run 'sonogate adapt' (docs/site.md)")
 
 
 class ScannerDomainCheck:

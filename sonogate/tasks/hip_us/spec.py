@@ -53,7 +53,7 @@ TASK = TaskSpec(
     calibration=CalibrationSpec(score="one_sided_joint_max", exchangeable_unit="sweep", delta_default=0.1),
     parts={"model_wrapper": "sonogate.runtime.engine:ImageMeasurementModel",
            "trainer": "sonogate.tasks.hip_us.train:TRAINER", "exporter": "sonogate.tasks.hip_us.export:EXPORTER",
-           "demo": "sonogate.tasks.hip_us.recipe:DEMO", "cli": "sonogate.tasks.hip_us.label_cli:register"},
+           "demo": "sonogate.tasks.hip_us.recipe:DEMO", "cli": "sonogate.tasks.hip_us.commands:register"},
     analyze_columns=("recommendation", "graf_type", "alpha_deg", "alpha_deg_lower_bound", "beta_deg",
                      "beta_deg_upper_bound", "coverage_pct", "coverage_pct_lower_bound"),
     cli_names=("us",),
