@@ -70,13 +70,13 @@ def make_pool(work: Path, args) -> Path:
     return pool
 
 
-def pool_frames(bundle: Path, pool: Path, work: Path) -> SiteFrames:
-    cache = work / "site_pool_frames.npz"
+def pool_frames(bundle: Path, pool: Path, work: Path, transform: str | None = None) -> SiteFrames:
+    cache = work / ("site_pool_frames.npz" if not transform else f"site_pool_frames_{transform}.npz")
     if cache.is_file():
         return SiteFrames.load(cache)
     from sonogate.runtime.adapt import read_site_frames
 
-    frames, _ = read_site_frames(bundle, pool, progress=True)
+    frames, _ = read_site_frames(bundle, pool, progress=True, transform=transform)
     frames.save(cache)
     return frames
 
@@ -233,6 +233,8 @@ def time_cli(bundle: Path, pool: Path, frames: SiteFrames, work: Path, sizes, ar
         (work / f"bundle_site_{n}.audit.jsonl").unlink(missing_ok=True)
         cmd = _sonogate() + ["adapt", "--bundle", str(bundle), "--data", str(site), "--out", str(out), "--delta",
                              str(args.delta), "--rule", args.rule, "--no-progress", "--json", "--threads", "1"]
+        if args.undo_orientation:
+            cmd += ["--orientation", args.orientation]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=False)
         wall = time.perf_counter() - t0
@@ -444,6 +446,9 @@ def main() -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip timing the command")
     parser.add_argument("--tag", default="", help="suffix of the output files (site_shift_<tag>.*)")
     parser.add_argument("--from-json", help="only re-render the table and plot of an earlier run's JSON")
+    parser.add_argument("--undo-orientation", action="store_true",
+                        help="adapt with --orientation (the site declares its display orientation; the adapted bundle "
+                             "turns the image back before the model); the 'before' figures stay the base bundle's")
     args = parser.parse_args()
     args.sizes = [int(x) for x in args.sizes.split(",")]
     if args.from_json:
@@ -468,6 +473,11 @@ def main() -> int:
     bundle = Path(args.bundle)
     pool = make_pool(work, args)
     frames = pool_frames(bundle, pool, work)
+    adapt_frames = frames
+    if args.undo_orientation:
+        from sonogate.tasks.hip_us.adapt_cli import ORIENTATION_TRANSFORMS
+
+        adapt_frames = pool_frames(bundle, pool, work, ORIENTATION_TRANSFORMS[args.orientation])
     calibration = load_calibration(bundle / "calibration.json")
     ood = base_ood(bundle)
     from sonogate.calibration.site import ood_flags
@@ -476,8 +486,8 @@ def main() -> int:
     before = decision_summary(before_decisions, frames.names)
     before["frames_ood"] = float(ood_flags(frames, ood).mean())
     before["alpha_mae_raw"] = raw_alpha_mae(frames, calibration)
-    results = run_sizes(frames, ood, calibration, args)
-    cli = {} if args.no_cli else time_cli(bundle, pool, frames, work, args.sizes, args)
+    results = run_sizes(adapt_frames, ood, calibration, args)
+    cli = {} if args.no_cli else time_cli(bundle, pool, adapt_frames, work, args.sizes, args)
     best = {n: results.get(f"default_{n}", {}) for n in args.sizes if n <= 40}
     ok = [e for e in best.values() if "us_only_rate" in e]
     top = max(ok, key=lambda e: e["us_only_rate"]) if ok else {}
@@ -497,11 +507,12 @@ def main() -> int:
         "site": {"style": args.style, "device": args.device, "orientation": args.orientation,
                  "frames_per_sweep": args.frames_per_sweep, "frames": len(frames),
                  "sweeps": len(np.unique(frames.sweeps)), "infants": len(np.unique(frames.subjects)),
-                 "abnormal_share": float(abnormal.mean()), "pool": str(pool), "seed": args.seed},
+                 "abnormal_share": float(abnormal.mean()), "pool": str(pool), "seed": args.seed,
+                 "undo_orientation": bool(args.undo_orientation)},
         "before": before, "results": results, "cli": cli, "goal": goal,
     }
     del truth
-    report["head_ceiling"] = head_ceiling(frames)
+    report["head_ceiling"] = head_ceiling(adapt_frames)
     if args.radiopaedia:
         cines = Path(args.radiopaedia)
         report["radiopaedia"] = radiopaedia(bundle, cines, work, cines.parents[1] / "case_report_labels.json", frames)

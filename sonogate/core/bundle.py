@@ -98,7 +98,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     bundle_hash: str
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None: a v2 bundle without image inputs
     measurement_names: tuple[str, ...]
     measurement_units: tuple[str, ...]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -143,6 +143,8 @@ def describe_task(manifest: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
                         "model_type": spec.model_type, "title": spec.title, "modality": spec.modality}
     described = spec.to_manifest()
     preprocessing = manifest.get("preprocessing") or {}
+    # a transform the bundle states for an input (a site's display orientation, sonogate adapt) stays
+    stated = {e.get("name"): e.get("transform") for e in manifest.get("inputs") or () if isinstance(e, dict)}
     inputs = []
     for entry in described["inputs"]:
         if entry["kind"] == "image" and len(described["inputs"]) == 1 and preprocessing:
@@ -151,6 +153,8 @@ def describe_task(manifest: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
                 if key in preprocessing:
                     entry[key] = preprocessing[key]
             entry["name"] = preprocessing.get("input_name", entry["name"])
+        if stated.get(entry["name"]):
+            entry = dict(entry, transform=stated[entry["name"]])
         inputs.append(entry)
     manifest["inputs"] = inputs
     outputs = {name: dict(value) for name, value in (manifest.get("outputs") or {}).items()}
@@ -254,10 +258,16 @@ def load_bundle(folder: str | os.PathLike, verify: bool = True) -> Bundle:
                           f"({', '.join(map(str, READABLE_VERSIONS))}): {path}")
     if _version_tuple(str(manifest.get("min_runtime", "0"))) > _version_tuple(__version__):
         raise BundleError(f"bundle {folder} needs sonogate >= {manifest['min_runtime']} (this is {__version__})")
+    # a v2 bundle whose inputs are all point clouds has no image preprocessing, and one without a
+    # "measurements" output (e.g. a completed point cloud) no measurement names
+    no_image = manifest.get("format_version") == FORMAT_VERSION and isinstance(manifest.get("inputs"), list) \
+        and not any(isinstance(e, dict) and e.get("kind") == "image" for e in manifest["inputs"])
     try:
         files = manifest["files"]
-        preprocessing = Preprocessing.from_json(manifest["preprocessing"])
-        outputs = manifest["outputs"]["measurements"]
+        preprocessing = (None if no_image and "preprocessing" not in manifest
+                         else Preprocessing.from_json(manifest["preprocessing"]))
+        outputs = manifest["outputs"].get("measurements", {"names": [], "units": []}) \
+            if manifest.get("format_version") == FORMAT_VERSION else manifest["outputs"]["measurements"]
         names = tuple(str(n) for n in outputs["names"])
         units = tuple(str(u) for u in outputs["units"])
         models = dict(manifest["models"])

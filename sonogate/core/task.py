@@ -19,6 +19,9 @@ from typing import Any
 from sonogate.errors import SonogateError
 
 INPUT_KINDS = ("image", "points")
+# How an image is turned before it is resized for the model (the inverse of the way the source displays it): a
+# scanner that shows the image transposed or rotated is brought back to the orientation the model was trained on.
+IMAGE_TRANSFORMS = ("", "transpose", "rotate_90_ccw", "rotate_90_cw", "rotate_180", "flip_horizontal")
 OUTPUT_KINDS = ("measurement", "ordinal", "class", "landmarks", "points", "quality", "features")
 DECISION_UNITS = ("frame_window", "image", "case")
 CALIBRATION_SCORES = ("one_sided_joint_max", "one_sided", "class_set_aps", "class_set_lac", "interval", "none")
@@ -36,7 +39,9 @@ class InputSpec:
     name: the graph input's name. kind: "image" (a radiograph or an ultrasound frame) or "points" (an N x 3 cloud).
     view: what the image shows ("graf_coronal", "ap_pelvis", "ap", "lat", ...) or the cloud's source. For images:
     height, width, channels, color ("gray"), resize ("stretch" or "letterbox"), interpolation ("area", "linear"),
-    mean and std of ``x = (uint8 / 255 - mean) / std``. For points: n_points and units ("mm").
+    mean and std of ``x = (uint8 / 255 - mean) / std``; transform: one of IMAGE_TRANSFORMS, applied to the cropped
+    image before resizing ("": none; set per site by ``sonogate adapt --orientation``). For points: n_points and
+    units ("mm").
     """
 
     name: str
@@ -52,6 +57,7 @@ class InputSpec:
     std: float = 0.25
     n_points: int = 0
     units: str = ""
+    transform: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,9 @@ class TaskSpec:
         for spec in self.inputs:
             if spec.kind not in INPUT_KINDS:
                 raise TaskSpecError(f"task {self.id}: input {spec.name} kind {spec.kind!r} not in {INPUT_KINDS}")
+            if spec.transform not in IMAGE_TRANSFORMS:
+                raise TaskSpecError(f"task {self.id}: input {spec.name} transform {spec.transform!r} not in "
+                                    f"{IMAGE_TRANSFORMS}")
         for spec in self.outputs:
             if spec.kind not in OUTPUT_KINDS:
                 raise TaskSpecError(f"task {self.id}: output {spec.name} kind {spec.kind!r} not in {OUTPUT_KINDS}")
@@ -191,6 +200,9 @@ class TaskSpec:
         described = asdict(self)
         described.pop("parts")
         described.pop("cli_names")
+        for entry in described["inputs"]:
+            if not entry["transform"]:
+                entry.pop("transform")  # none: manifests (and spec hashes) as before the field existed
         return _jsonable(described)
 
     @property

@@ -152,9 +152,11 @@ def data_sha256(paths: Sequence[Path], root: Path) -> str:
 
 def read_site_frames(bundle: Bundle | str | Path, data_dir: str | Path, extra_frames: str | Path | None = None,
                      device: str = "auto", threads: int = 1, precision: str = "auto",
-                     progress: bool = True) -> tuple[SiteFrames, dict[str, Any]]:
+                     progress: bool = True, transform: str | None = None) -> tuple[SiteFrames, dict[str, Any]]:
     """Run ``bundle``'s model over the site's frames. Output: (SiteFrames, data provenance: folder, sha256,
-    counts). Labels come from ``data_dir/labels.csv`` when it exists; ``extra_frames`` adds unlabelled frames."""
+    counts). Labels come from ``data_dir/labels.csv`` when it exists; ``extra_frames`` adds unlabelled frames;
+    ``transform`` (one of ``sonogate.core.task.IMAGE_TRANSFORMS``; None: the bundle's own) turns each crop before
+    the model, as the adapted bundle will (a scanner that displays the image in another orientation)."""
     from sonogate.runtime.engine import ImageMeasurementModel
     from sonogate.runtime.model_api import create_model
 
@@ -190,6 +192,12 @@ def read_site_frames(bundle: Bundle | str | Path, data_dir: str | Path, extra_fr
 
         iterator = tqdm(sources, desc="adapt: run model", unit="source")
     preprocessor = model.preprocessor
+    if transform is not None and transform != preprocessor.spec.transform:
+        import dataclasses
+
+        from sonogate.runtime.preprocess import ImagePreprocessor
+
+        preprocessor = ImagePreprocessor(dataclasses.replace(preprocessor.spec, transform=transform))
     for source in iterator:
         for frame, roi in reader.frames(source):
             roi_box = None if roi is None or roi == "detect" else roi
@@ -224,7 +232,7 @@ def read_site_frames(bundle: Bundle | str | Path, data_dir: str | Path, extra_fr
                   "n_labelled_frames": int(labelled.sum()),
                   "n_sweeps": len(np.unique(frames.sweeps[labelled])),
                   "n_infants": len(np.unique(frames.subjects[labelled])),
-                  "model_variant": model.adapter.variant}
+                  "model_variant": model.adapter.variant, "transform": preprocessor.spec.transform}
     return frames, provenance
 
 
@@ -277,6 +285,15 @@ def write_adapted_bundle(base: Bundle, out: str | Path, adaptation: SiteAdaptati
             save_ood(out / name, features, image)
             manifest["ood"] = _ood_block(ood_entry, adaptation.ood)
             manifest["ood"]["file"] = name
+        transform = data.get("transform") or ""
+        inputs = [dict(entry) for entry in manifest.get("inputs") or ()]
+        if inputs and transform != (inputs[0].get("transform") or ""):
+            # the site's display orientation turned back before the model; older runtimes would ignore it
+            inputs[0]["transform"] = transform
+            if not transform:
+                inputs[0].pop("transform")
+            manifest["inputs"] = inputs
+            manifest["min_runtime"] = __version__
         manifest.pop(MEASUREMENT_HEAD_KEY, None)
         head = adaptation.head
         if head is not None:
@@ -295,7 +312,8 @@ def write_adapted_bundle(base: Bundle, out: str | Path, adaptation: SiteAdaptati
         provenance["site_adaptation"] = {
             "base_bundle": str(base.path), "base_manifest_sha256": base.bundle_hash,
             "base_task": base.task, "command": command,
-            "data": {k: v for k, v in data.items() if k != "model_variant"},
+            "data": {k: v for k, v in data.items() if k not in ("model_variant", "transform")},
+            "transform": data.get("transform") or None,
             "model_variant": data.get("model_variant"),
             "options": {"delta": float(options.delta), "rule": options.rule, "ridge": options.ridge,
                         "affine": options.affine, "fit_fraction": options.fit_fraction, "seed": options.seed,
@@ -369,7 +387,7 @@ def audit_adaptation(path: str | Path, new_hash: str, calibration_sha256: str | 
 def run_adapt(bundle_path: str | Path, data_dir: str | Path, out: str | Path, options: SiteOptions,
               extra_frames: str | Path | None = None, key: str | Path | None = None, audit: str | Path | None = None,
               device: str = "auto", threads: int = 1, precision: str = "auto", progress: bool = True,
-              command: str = "") -> dict[str, Any]:
+              command: str = "", transform: str | None = None) -> dict[str, Any]:
     """The whole ``sonogate adapt``: verify the base, run its model over the site, fit, write, sign, audit.
     Output: a summary dict (new hash, paths, figures). SonogateError subclasses on any refusal."""
     from sonogate.calibration.aggregate import AggregationRule
@@ -397,7 +415,7 @@ def run_adapt(bundle_path: str | Path, data_dir: str | Path, out: str | Path, op
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SonogateError(f"--out {out} exists and is not empty: choose a new folder for the adapted bundle")
     frames, data = read_site_frames(base, data_dir, extra_frames, device=device, threads=threads,
-                                    precision=precision, progress=progress)
+                                    precision=precision, progress=progress, transform=transform)
     adaptation = adapt_site(frames, options, data=dict(data))
     new_hash, out = write_adapted_bundle(base, out, adaptation, data, options, command=command, key=key,
                                          wall_s=time.perf_counter() - start)

@@ -105,6 +105,21 @@ def mirror_points(points_px: np.ndarray, width: int) -> np.ndarray:
     return p
 
 
+_TRANSFORMS = {"": None, "transpose": None, "rotate_90_ccw": cv2.ROTATE_90_COUNTERCLOCKWISE,
+               "rotate_90_cw": cv2.ROTATE_90_CLOCKWISE, "rotate_180": cv2.ROTATE_180, "flip_horizontal": None}
+
+
+def transform_image(image: np.ndarray, transform: str) -> np.ndarray:
+    """``image`` (H, W[, C]) turned by one of ``sonogate.core.task.IMAGE_TRANSFORMS`` (C-contiguous)."""
+    if not transform:
+        return image
+    if transform == "transpose":
+        return np.ascontiguousarray(np.swapaxes(image, 0, 1))
+    if transform == "flip_horizontal":
+        return np.ascontiguousarray(image[:, ::-1])
+    return cv2.rotate(image, _TRANSFORMS[transform])
+
+
 class ImagePreprocessor:
     """Crop, gray, resize (stretch or letterbox) and normalise one image input.
 
@@ -123,6 +138,9 @@ class ImagePreprocessor:
             raise BundleError(f"input {spec.name} layout {layout!r} is not one of {', '.join(LAYOUTS)}")
         if spec.resize == "letterbox" and spec.height != spec.width:
             raise BundleError(f"input {spec.name}: a letterboxed input must be square, not {spec.width}x{spec.height}")
+        if spec.transform not in _TRANSFORMS:
+            raise BundleError(f"input {spec.name} transform {spec.transform!r} is not one of "
+                              f"{', '.join(t for t in _TRANSFORMS if t)}")
         if spec.height < 1 or spec.width < 1 or spec.channels < 1 or not spec.std > 0:
             raise BundleError(f"input {spec.name}: size {spec.width}x{spec.height}x{spec.channels} or std "
                               f"{spec.std} is not usable")
@@ -159,9 +177,11 @@ class ImagePreprocessor:
         return frame[y0:y1, x0:x1]
 
     def gray_roi(self, frame: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+        """The gray crop, turned by the input's ``transform`` (the model's orientation)."""
         if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
             raise FrameError("frame is not a 2-D or 3-D image array")
-        return to_gray(self.crop(frame, roi))
+        gray = to_gray(self.crop(frame, roi))
+        return transform_image(gray, self.spec.transform) if self.spec.transform else gray
 
     def with_meta(self, frame: np.ndarray, roi: tuple[int, int, int, int] | None = None
                   ) -> tuple[np.ndarray, Letterbox | None]:

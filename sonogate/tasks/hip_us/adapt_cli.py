@@ -29,6 +29,11 @@ def _folds_arg(text: str) -> int:
     return value
 
 
+# The scanner's display orientation (sonogate.phantom.hip_us.ORIENTATIONS) -> the transform that turns it back to
+# the as-acquired one the models are trained on: Graf's display is the transpose, its mirror a clockwise rotation.
+ORIENTATION_TRANSFORMS = {"horizontal": "", "graf": "transpose", "graf_mirrored": "rotate_90_ccw"}
+
+
 def cmd_adapt(args) -> int:
     from sonogate.calibration.conformal import as_fraction
     from sonogate.calibration.site import SiteOptions
@@ -51,7 +56,8 @@ def cmd_adapt(args) -> int:
     try:
         result = run_adapt(args.bundle, args.data, args.out, options, extra_frames=args.frames, key=args.key,
                            audit=args.audit, device=args.device, threads=args.threads, precision=args.precision,
-                           progress=not args.no_progress, command=command)
+                           progress=not args.no_progress, command=command,
+                           transform=None if args.orientation is None else ORIENTATION_TRANSFORMS[args.orientation])
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
@@ -108,6 +114,10 @@ def register(subparsers) -> None:
                         "unlabelled frames, only the OOD statistics are refitted and no calibration is written")
     p.add_argument("--out", required=True, help="new folder for the adapted bundle")
     p.add_argument("--frames", metavar="DIR", help="more unlabelled site frames for the OOD statistics")
+    p.add_argument("--orientation", choices=tuple(ORIENTATION_TRANSFORMS), default=None,
+                   help="how this scanner displays the hip: horizontal (as acquired: probe at the top), graf (Graf's "
+                        "display: ilium vertical, probe on the left) or graf_mirrored (probe on the right); the "
+                        "adapted bundle turns the image back before the model (default: as the base bundle)")
     p.add_argument("--delta", default="0.1", help="guaranteed P(false reassurance) (default 0.1)")
     p.add_argument("--rule", choices=("and", "or", "alpha"), default="and", help="rule family (default and)")
     p.add_argument("--ridge", choices=("auto", "off"), default="auto",
