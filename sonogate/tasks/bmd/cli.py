@@ -1,4 +1,13 @@
-"""``sonogate phantom bmd``: the task's command-line hooks, named in its spec (``parts["phantom_cli"]``)."""
+"""``sonogate phantom bmd`` and ``sonogate bmd ...``: the task's command-line hooks, named in its spec
+(``parts["phantom_cli"]``, ``parts["cli"]``).
+
+``sonogate bmd train``      locator + regressor (supervised / self-training / + adaptive triplet) -> RUN/checkpoint.pt
+``sonogate bmd ablation``   every method at 5 / 10 / 25 % labelled on the short schedule -> OUT/ablation.{json,md}
+``sonogate bmd export``     RUN -> bundle (the generic writer via parts["exporter"]) + calibration.json bound to it
+``sonogate bmd calibrate``  (re)write a bundle's calibration.json
+``sonogate bmd evaluate``   a bundle on a labelled folder: figures, site recalibration on held-out devices, plots
+(``sonogate export RUN --out B`` reaches the same exporter; ``sonogate bmd export`` adds the calibration step.)
+"""
 
 from __future__ import annotations
 
@@ -25,3 +34,112 @@ def _run(args) -> int:
     from sonogate.tasks.bmd.phantom import phantom_main
 
     return phantom_main(args.out, args.n, args.seed, args.size, args.device)
+
+
+def _fraction(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def add_cli(subparsers) -> None:
+    """Add ``sonogate bmd train | ablation | export | calibrate | evaluate``."""
+    bmd = subparsers.add_parser("bmd", help="bone mineral density from hip radiographs: train, ablation, export, "
+                                            "evaluate (issue 21)")
+    sub = bmd.add_subparsers(dest="bmd_command", required=True)
+
+    train = sub.add_parser("train", help="train the locator and the BMD regressor on a phantom bmd folder")
+    train.add_argument("--data", required=True, help="folder from sonogate phantom bmd")
+    train.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.json)")
+    train.add_argument("--labelled", type=_fraction, default=0.10, help="share of training patients with BMD")
+    train.add_argument("--method", default="st_triplet", choices=("supervised", "self_training", "st_triplet"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--locator", default=None, help="reuse this locator.pt instead of training one")
+    train.add_argument("--supervised-steps", type=positive_int, default=None)
+    train.add_argument("--rounds", type=int, default=None)
+    train.add_argument("--round-steps", type=positive_int, default=None)
+    train.add_argument("--locator-epochs", type=positive_int, default=None)
+    train.add_argument("--intensity-augment", type=float, default=None, help="ROI intensity augmentation strength")
+    train.add_argument("--triplet-weight", type=float, default=None)
+    train.add_argument("--threads", type=positive_int, default=1)
+    train.set_defaults(func=_train)
+
+    ablation = sub.add_parser("ablation", help="supervised / + self-training / + adaptive triplet at 5, 10, 25 %%")
+    ablation.add_argument("--data", required=True)
+    ablation.add_argument("--out", required=True)
+    ablation.add_argument("--locator", required=True, help="locator.pt of a training run (shared by all runs)")
+    ablation.add_argument("--seed", type=int, default=0)
+    ablation.set_defaults(func=_ablation)
+
+    export = sub.add_parser("export", help="RUN -> bundle with INT8 ONNX, parity and calibration.json")
+    export.add_argument("run", help="training run folder")
+    export.add_argument("--out", required=True, help="bundle folder")
+    export.add_argument("--force", action="store_true")
+    export.add_argument("--delta", type=float, default=0.1, help="miscoverage of the BMD interval per image")
+    export.set_defaults(func=_export)
+
+    calibrate = sub.add_parser("calibrate", help="(re)write a bmd bundle's calibration.json from its training folder")
+    calibrate.add_argument("--bundle", required=True)
+    calibrate.add_argument("--data", default=None, help="labelled folder (default: the training folder)")
+    calibrate.add_argument("--extra", default=None,
+                           help="another labelled phantom folder whose device A-D radiographs join the conformal set")
+    calibrate.add_argument("--delta", type=float, default=0.1)
+    calibrate.set_defaults(func=_calibrate)
+
+    evaluate = sub.add_parser("evaluate", help="a bundle on a labelled folder: held-out figures, site "
+                                               "recalibration of the held-out devices, plots")
+    evaluate.add_argument("--bundle", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--out", required=True, help="folder for evaluation.json and the plots")
+    evaluate.add_argument("--site-images", type=positive_int, default=20,
+                          help="labelled radiographs of a new device used to recalibrate it")
+    evaluate.set_defaults(func=_evaluate)
+
+
+def _train(args) -> int:
+    from dataclasses import replace
+
+    from sonogate.tasks.bmd.train import BmdTrainConfig, run_bmd_training
+
+    cfg = BmdTrainConfig(data=args.data, out=args.out, labelled_fraction=args.labelled, method=args.method,
+                         seed=args.seed, locator=args.locator, threads=args.threads)
+    for name in ("supervised_steps", "rounds", "round_steps", "locator_epochs", "intensity_augment", "triplet_weight"):
+        if getattr(args, name) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
+    run_bmd_training(cfg)
+    return 0
+
+
+def _ablation(args) -> int:
+    from sonogate.tasks.bmd.train import run_ablation
+
+    result = run_ablation(args.data, args.out, args.locator, seed=args.seed)
+    from sonogate.tasks.bmd.train import ablation_markdown
+
+    print(ablation_markdown(result))
+    return 0
+
+
+def _export(args) -> int:
+    from sonogate.tasks.bmd.export import export_with_calibration
+
+    return export_with_calibration(args.run, args.out, force=args.force, delta=args.delta)
+
+
+def _calibrate(args) -> int:
+    from sonogate.tasks.bmd.calibrate import calibrate_bundle
+
+    calibrate_bundle(args.bundle, args.data, delta=args.delta, extra=args.extra)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from sonogate.tasks.bmd.evaluate import evaluate_main
+
+    return evaluate_main(args.bundle, args.data, args.out, args.site_images)

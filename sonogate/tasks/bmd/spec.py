@@ -3,7 +3,9 @@
 One AP hip / pelvis radiograph in; per hip (right, left) the femoral-neck areal BMD in g/cm2, its T-score, a
 conformal interval and a screening call out: "DEXA referral" unless the calibrated lower bound of the T-score rules
 osteoporosis out (T > -2.5); the unsafe error is clearing an osteoporotic hip. The model finds the neck region
-(landmarks / box) itself. Work in progress (issue 21): the phantom and its command are in.
+(landmarks + a neck ROI in the graph) itself. The lower bound the call uses is calibrated on osteoporotic hips
+(calibration.json ``bmd_g_cm2_decision``). Commands: ``sonogate phantom bmd``, ``sonogate bmd train | ablation |
+export | calibrate | evaluate``, ``sonogate train --task bmd`` (docs/tasks/bmd.md).
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ TASK = TaskSpec(
     ),
     outputs=(
         OutputSpec(name="bmd", kind="measurement", axes=("N", 2), units=("g/cm2", "g/cm2"),
-                   names=("bmd_g_cm2_right", "bmd_g_cm2_left"), meaning="femoral-neck areal BMD per hip"),
-        OutputSpec(name="landmarks", kind="landmarks", axes=("N", "K", 2),
-                   meaning="femoral head centre, neck axis and greater trochanter per hip, 0..1 of the input"),
-        OutputSpec(name="features", kind="features", axes=("N", 512),
-                   meaning="pooled encoder features (out-of-distribution check)"),
+                   names=("bmd_g_cm2_right", "bmd_g_cm2_left"),
+                   meaning="femoral-neck areal BMD per hip (raw, before calibration), right then left"),
+        OutputSpec(name="landmarks", kind="landmarks", axes=("N", 4, 2),
+                   names=("head_center_r", "neck_box_r", "head_center_l", "neck_box_l"),
+                   meaning="femoral head centre and femoral-neck box centre per hip, 0..1 of the input"),
+        OutputSpec(name="in_field_logit", kind="quality", axes=("N", 2), names=("right", "left"),
+                   meaning="logit that the hip (head and neck) is inside the field of view"),
+        OutputSpec(name="landmark_peak", kind="quality", axes=("N", 4),
+                   meaning="peak probability of each landmark heatmap (localisation confidence)"),
+        OutputSpec(name="features", kind="features", axes=("N", 2, 128),
+                   meaning="the regressor's embedding per hip (out-of-distribution check)"),
     ),
     measurements=(
         MeasurementSpec(name="bmd_g_cm2", unit="g/cm2", threshold=None, safe_side="above",
@@ -47,5 +55,7 @@ TASK = TaskSpec(
                           reassuring=("no referral",)),
     calibration=CalibrationSpec(score="interval", exchangeable_unit="image", delta_default=0.1),
     analyze_columns=("side", "bmd_g_cm2", "bmd_lower", "bmd_upper", "t_score", "referral"),
-    parts={"phantom_cli": "sonogate.tasks.bmd.cli:add_phantom_parser"},
+    parts={"phantom_cli": "sonogate.tasks.bmd.cli:add_phantom_parser", "cli": "sonogate.tasks.bmd.cli:add_cli",
+           "model_wrapper": "sonogate.tasks.bmd.model:BmdModel", "exporter": "sonogate.tasks.bmd.export:EXPORTER",
+           "trainer": "sonogate.tasks.bmd.train:TRAINER"},
 )
