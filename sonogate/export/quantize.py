@@ -35,12 +35,13 @@ def head_nodes(onnx_path: str | os.PathLike) -> list[str]:
 def quantize_int8(
     float_path: str | os.PathLike,
     out_path: str | os.PathLike,
-    calib: np.ndarray,
+    calib: np.ndarray | dict[str, np.ndarray],
     batch: int = 8,
     exclude_nodes: Iterable[str] | None = None,
     skip_symbolic_shape: bool = False,
 ) -> Path:
-    """Write a static INT8 QDQ model. Inputs: the float ONNX file, calibration inputs (n, 1, S, S) float32.
+    """Write a static INT8 QDQ model. Inputs: the float ONNX file, calibration inputs (n, 1, S, S) float32 for the
+    one input ``image``, or a dict input name -> (n, ...) float32 for a graph with several inputs.
 
     quant_pre_process (shape inference + graph optimisation) runs first, as ONNX Runtime recommends;
     activations uint8 asymmetric, weights int8 (7-bit range) symmetric per output channel, MinMax ranges. Excluded
@@ -58,7 +59,9 @@ def quantize_int8(
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter([{"image": calib[s : s + batch]} for s in range(0, len(calib), batch)])
+            named = calib if isinstance(calib, dict) else {"image": calib}
+            n = len(next(iter(named.values())))
+            self._it = iter([{k: v[s : s + batch] for k, v in named.items()} for s in range(0, n, batch)])
 
         def get_next(self):
             return next(self._it, None)

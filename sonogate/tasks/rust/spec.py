@@ -4,7 +4,7 @@ Two radiographs of one healing tibial shaft fracture in (AP and lateral); per co
 lateral anterior, lateral posterior) an ordinal grade 1-3 with its probabilities, the total 4-12 and a union call
 out. Calibration: conformal prediction sets per cortex and a conformal interval on the total, exchangeable by case;
 "united" only when the whole set / interval says so (the unsafe error is calling a non-union united).
-Work in progress (issue 20): the phantom and its command are in; the model, bundle and analyze columns follow.
+Inputs are letterboxed to 160 px (the phantom-trained CNN runs from scratch on a 2-core CPU; docs/tasks/rust.md).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ TASK = TaskSpec(
     modality="DX",
     model_type="multi_view_ordinal",
     inputs=(
-        InputSpec(name="ap", kind="image", view="ap", height=384, width=384, resize="letterbox",
+        InputSpec(name="ap", kind="image", view="ap", height=160, width=160, resize="letterbox",
                   interpolation="area", mean=0.5, std=0.25),
-        InputSpec(name="lat", kind="image", view="lat", height=384, width=384, resize="letterbox",
+        InputSpec(name="lat", kind="image", view="lat", height=160, width=160, resize="letterbox",
                   interpolation="area", mean=0.5, std=0.25),
     ),
     outputs=(
@@ -45,13 +45,14 @@ TASK = TaskSpec(
     ),
     decision=DecisionSpec(
         unit="case",
-        rule="united only when the calibrated lower bound of the total clears the threshold and no cortex's "
-             "prediction set holds grade 1",
+        rule="united only when the calibrated interval's lower end of the total is >= 10 and no cortex's "
+             "prediction set holds grade 1 (both views checked)",
         outcomes=("united", "not united"),
         safe_default="not united",
         reassuring=("united",),
     ),
-    calibration=CalibrationSpec(score="class_set_aps", exchangeable_unit="case", delta_default=0.1),
+    calibration=CalibrationSpec(score="class_set_lac", exchangeable_unit="case", delta_default=0.1),
     analyze_columns=(*CORTICES, "rust_total", "rust_total_lower", "rust_total_upper", "union"),
-    parts={"phantom_cli": "sonogate.tasks.rust.cli:add_phantom_parser"},
+    parts={"phantom_cli": "sonogate.tasks.rust.cli:add_phantom_parser", "cli": "sonogate.tasks.rust.cli:add_parser",
+           "model_wrapper": "sonogate.tasks.rust.model:RustModel"},
 )
