@@ -231,6 +231,25 @@ def test_infinite_bounds_are_left_out_and_laterality_is_coded(tmp_path):
     assert sc.Laterality == "L"
 
 
+def test_a_tasks_own_measurement_gets_its_specs_code_and_unit(tmp_path):
+    """A task's measurement is coded as its spec declares (MeasurementSpec.dicom_code, unit): BMD in g/cm2 under
+    BMD-NECK, read back by name; nothing about it is listed in the SR module."""
+    from sonogate.data.dicom import read_dicom
+    from sonogate.runtime.dicom_report import MEASUREMENT_CODES, task_measurement_codes
+
+    assert "bmd_g_cm2" not in MEASUREMENT_CODES
+    assert task_measurement_codes("bmd")["bmd_g_cm2"] == ("BMD-NECK", "Femoral neck bone mineral density", "g/cm2")
+    image = read_dicom(save(make_dataset(np.full((32, 32), 90, np.uint8), "MONOCHROME2",
+                                         sop_class="1.2.840.10008.5.1.4.1.1.1.1", modality="DX"), tmp_path / "h.dcm"))
+    group = ReportGroup(label="left hip", laterality="L", delta=0.1, recommendation=None,
+                        measurements={"bmd_g_cm2": {"value": 0.71, "lower_bound": 0.52, "upper_bound": 0.90}})
+    write_sr(tmp_path / "h.sr.dcm", image, [group], AlgorithmInfo(bundle_sha256="0" * 64, task="bmd"))
+    (written,) = read_sr(tmp_path / "h.sr.dcm")["groups"]
+    assert written["measurements"]["bmd_g_cm2"]["value"] == pytest.approx(0.71)
+    assert written["measurements"]["bmd_g_cm2"]["unit"] == "g/cm2"
+    assert written["measurements"]["bmd_g_cm2"]["lower_bound"] == pytest.approx(0.52)
+
+
 def test_report_errors_are_one_line(tmp_path):
     ds = make_dataset(np.full((32, 32), 60, np.uint8), "MONOCHROME2")
     from sonogate.data.dicom import read_dicom

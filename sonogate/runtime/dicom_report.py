@@ -241,13 +241,42 @@ def _check_destination(path: Path) -> None:
 
 
 # -- SR -------------------------------------------------------------------------------------------------------
-def _measurement(name: str, values: dict, algorithm_id, delta: float | None):
+def task_measurement_codes(task: str | None = None) -> dict[str, tuple[str, str, str]]:
+    """name -> (code value, code meaning, UCUM unit) of the measurements the task specs declare with a DICOM code
+    (``MeasurementSpec.dicom_code``, unit from the spec); every registered task's when ``task`` is None. The two
+    original tasks' codes are the same as ``MEASUREMENT_CODES``; a new task brings its own without touching this
+    module."""
+    from sonogate.core.registry import get_task, task_ids
+    from sonogate.core.task import TaskSpecError
+
+    try:
+        specs = [get_task(task)] if task else [get_task(t) for t in task_ids()]
+    except TaskSpecError:
+        return {}
+    out: dict[str, tuple[str, str, str]] = {}
+    for spec in specs:
+        for measurement in spec.measurements:
+            if measurement.dicom_code and measurement.dicom_code[1] == SCHEME:
+                out.setdefault(measurement.name, (str(measurement.dicom_code[0]), str(measurement.dicom_code[2]),
+                                                  UCUM_OF_UNIT.get(measurement.unit, measurement.unit or "1")))
+    return out
+
+
+# a spec's unit -> its UCUM code where they differ
+UCUM_OF_UNIT = {"": "1", "%": "%", "deg": "deg", "g/cm2": "g/cm2", "mm": "mm"}
+
+
+def _measurement(name: str, values: dict, algorithm_id, delta: float | None, task: str | None = None):
     import highdicom as hd
     from highdicom.sr import NumContentItem, RelationshipTypeValues
 
     spec = BY_NAME.get(name)
-    code_value, meaning = MEASUREMENT_CODES.get(name, (name.upper()[:16], name))
-    unit = spec.ucum if spec else "1"
+    declared = task_measurement_codes(task).get(name) if spec is None else None
+    if declared is not None:  # a task's own measurement: its spec's code, meaning and unit
+        code_value, meaning, unit = declared
+    else:
+        code_value, meaning = MEASUREMENT_CODES.get(name, (name.upper()[:16], name))
+        unit = spec.ucum if spec else "1"
     value = _finite(values.get("value"))
     if value is None:
         return None
@@ -294,7 +323,7 @@ def build_sr(image, groups: Sequence[ReportGroup], algorithm: AlgorithmInfo, *,
     source = hd.sr.SourceImageForMeasurementGroup.from_source_image(ref)
     measurement_groups = []
     for index, group in enumerate(groups, start=1):
-        measurements = [m for m in (_measurement(name, values or {}, algorithm_id, group.delta)
+        measurements = [m for m in (_measurement(name, values or {}, algorithm_id, group.delta, algorithm.task)
                                     for name, values in group.measurements.items()) if m is not None]
         evaluations = []
         if group.recommendation:
@@ -461,7 +490,8 @@ def read_sr(path_or_dataset) -> dict[str, Any]:
     import pydicom
 
     ds = path_or_dataset if isinstance(path_or_dataset, pydicom.Dataset) else pydicom.dcmread(path_or_dataset)
-    names = {code: name for name, (code, _) in MEASUREMENT_CODES.items()}
+    names = {code: name for name, (code, _, _) in task_measurement_codes().items()}
+    names.update({code: name for name, (code, _) in MEASUREMENT_CODES.items()})
     recommendations = {code: name for name, (code, _) in RECOMMENDATION_CODES.items()}
     groups = []
     for item in _walk(ds.get("ContentSequence")):
