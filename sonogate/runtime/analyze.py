@@ -669,7 +669,8 @@ GENERIC_TAIL = ["recommendation", "reason", "warnings", "json", "sr", "sc", "sec
 
 def csv_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The CSV rows of one input: one, or one per entry of the result's ``rows`` (e.g. one per hip), each with
-    the input's own columns and that entry's task columns."""
+    the input's own columns and that entry's task columns. An entry may set its own ``status`` and ``error`` (a
+    hip refused while the other is measured): they replace the input's for that row."""
     base = csv_row(record)
     rows = (record.get("result") or {}).get("rows") if record.get("status") != "error" else None
     if not rows:
