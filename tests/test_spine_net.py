@@ -98,7 +98,7 @@ def test_kl_term_in_training_only_and_inference_is_the_prior_mean(torch):
         n_us, n_xray, centre = net.normalise(us, xray)
         feature = net.condition(n_us, n_xray)
         prior_mu, _ = _gaussian(net.prior_head(feature))
-        coarse, refine_feature = net.decode_coarse(feature, prior_mu)
+        coarse, refine_feature = net.decode_coarse(feature, prior_mu, n_xray)
         by_hand = net.refine(coarse, refine_feature, n_us, n_xray) * SCALE_MM + centre
     assert torch.allclose(result["completed"], by_hand, atol=1e-5)
     with pytest.raises(SonogateError, match="unknown completion mode"):
@@ -274,3 +274,16 @@ def test_metrics_refuse_bad_clouds():
         completion_metrics(np.zeros((0, 3)), truth)
     with pytest.raises(DataError, match="no cases"):
         summarise([])
+
+
+def test_xray_centre_takes_y_and_z_from_the_silhouette(torch):
+    from sonogate.tasks.spine.net import CompletionNet
+
+    us, xray = _inputs(torch)
+    _, _, centre_us = CompletionNet("early+late", n_coarse=128).normalise(us, xray)
+    _, _, centre_x = CompletionNet("early+late", n_coarse=128, centre="xray").normalise(us, xray)
+    assert torch.allclose(centre_us, us.mean(dim=1, keepdim=True))
+    assert torch.allclose(centre_x[..., 0], us[..., 0].mean(dim=1, keepdim=True))
+    assert torch.allclose(centre_x[..., 1:], xray[..., 1:].mean(dim=1, keepdim=True))
+    with pytest.raises(SonogateError, match="normalisation centre"):
+        CompletionNet("early+late", centre="skin")

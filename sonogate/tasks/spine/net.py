@@ -13,6 +13,12 @@ A lean, CPU-sized version of the paper's VRCNet-based two-stage network, exporta
   on the mean measured 1.5-2x worse in chamfer here). Inference: no sampling, the same output for the same
   input. **Early fusion**: the ultrasound and X-ray global features are concatenated and mixed by an MLP
   before the prior head, so the coarse decoder (an MLP, 512 points) sees both.
+* **X-ray seed** (part of the early fusion, modes with the X-ray at the coarse stage): a strided quarter of
+  ``n_coarse`` X-ray points, each lifted twice out of the mid-sagittal plane (a lateral ray through the bone
+  enters and leaves it: two surface points per silhouette pixel) by a per-point MLP of its position and the
+  coarse feature (initial lateral offsets -/+ ``SEED_HALF_WIDTH``); these replace half of the decoder's coarse
+  points. The silhouette's (y, z) outline, exactly what the ultrasound never sees of the body, so reaches the
+  coarse cloud point by point instead of through one max-pooled global feature.
 * **Refinement** (deterministic, folding / offset style): every point of the coarse cloud and of the inputs is
   embedded with a one-hot source code (coarse / ultrasound / X-ray: **late fusion**); a global max pool over all
   of them, and for each coarse point local max pools over its 8 nearest ultrasound points (3D) and its 8
@@ -31,7 +37,8 @@ ultrasound cloud's centroid (the X-ray cloud's in mode "xray", the only input th
 ``SCALE_MM`` = 100 mm, the paper's convention (its VerSe meshes are centred and scaled by 1/100, so 0.01 is
 1 mm); outputs are mapped back to mm in the input frame. Losses and ``chamfer`` work in the normalised units.
 
-Chamfer distance is computed with ``torch.cdist`` (matrix ops, no custom kernels); nearest neighbours for the
+Chamfer distance is computed with ``torch.cdist`` (matrix ops, no custom kernels; partners found without
+gradient, distances to them recomputed: ``nearest_squared``); nearest neighbours for the
 local pooling with a matrix-product distance and ``topk``; furthest-point sampling is not used in the graph.
 """
 
@@ -53,6 +60,7 @@ SCALE_MM = 100.0  # the paper's unit: mm / 100
 LATENT_SIZE = 64
 FEATURE_SIZE = 256
 N_NEIGHBOURS = 8
+SEED_HALF_WIDTH = 0.15  # initial lateral offset of the lifted X-ray seed points: 15 mm, a lumbar body's half width
 COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
 INPUT_NAMES = ("us_points", "xray_points")
 OUTPUT_NAMES = ("completed", "coarse")
@@ -75,9 +83,19 @@ def mode_sources(mode: str) -> dict[str, bool]:
 # ------------------------------------------------------------------------------------------------ chamfer
 
 def nearest_squared(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared nearest-neighbour distances both ways: (a -> b (B, Na), b -> a (B, Nb)), by ``torch.cdist``."""
-    dist = torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")  # (B, Na, Nb)
-    return dist.min(dim=2).values ** 2, dist.min(dim=1).values ** 2
+    """Squared nearest-neighbour distances both ways: (a -> b (B, Na), b -> a (B, Nb)).
+
+    The nearest partners are found by ``torch.cdist`` without gradient; the distances to them are then
+    recomputed from the coordinates, which gives the same values and the same gradient as differentiating
+    the min of the full distance matrix (a min passes its gradient to the argmin only), at a fraction of the
+    cost on a CPU (no (B, Na, Nb) backward pass).
+    """
+    with torch.no_grad():
+        dist = torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")  # (B, Na, Nb)
+        a_partner, b_partner = dist.argmin(dim=2), dist.argmin(dim=1)
+    nearest_b = torch.gather(b, 1, a_partner.unsqueeze(2).expand(-1, -1, b.shape[2]))
+    nearest_a = torch.gather(a, 1, b_partner.unsqueeze(2).expand(-1, -1, a.shape[2]))
+    return ((a - nearest_b) ** 2).sum(dim=2), ((b - nearest_a) ** 2).sum(dim=2)
 
 
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,9 +204,13 @@ class Refiner(nn.Module):
             coarse_used, xyz_used = coarse * mask, xyz * mask
         else:
             coarse_used, xyz_used = coarse, xyz
-        dist2 = ((coarse_used ** 2).sum(2, keepdim=True) + (xyz_used ** 2).sum(2).unsqueeze(1)
-                 - 2 * coarse_used @ xyz_used.transpose(1, 2))
-        neighbours = torch.topk(dist2, N_NEIGHBOURS, dim=2, largest=False).indices  # (B, Nc, K)
+        with torch.no_grad():  # which neighbours: an index, no gradient
+            # |a|^2 + |b|^2 - 2 a.b: one MatMul. Summing squared coordinate differences instead (a (B, Nc, N, 3)
+            # broadcast) took 170 of 210 ms per vertebra in ONNX Runtime on one core and picked the same
+            # neighbours up to near-ties (which no formula removes: ``parity``)
+            dist2 = ((coarse_used ** 2).sum(2, keepdim=True) + (xyz_used ** 2).sum(2).unsqueeze(1)
+                     - 2 * coarse_used @ xyz_used.transpose(1, 2))
+            neighbours = torch.topk(dist2, N_NEIGHBOURS, dim=2, largest=False).indices  # (B, Nc, K)
         relative = _gather_points(xyz_used, neighbours) - coarse_used.unsqueeze(2)
         pair = torch.relu(_gather_points(point_layer(embedded), neighbours) + offset_layer(relative / 0.05))
         return second_layer(pair).max(dim=2).values
@@ -216,18 +238,49 @@ class Refiner(nn.Module):
         return centres + offsets.transpose(1, 2)
 
 
+class XraySeed(nn.Module):
+    """Lift X-ray silhouette points (B, K, 3), x = 0, into 2K coarse surface points (B, 2K, 3), normalised units.
+
+    Each point gets two copies at x = -/+ SEED_HALF_WIDTH plus an offset (dx, dy, dz) per copy predicted from
+    its (y, z) and the coarse feature (B, F): the near and far wall a lateral ray crosses.
+    """
+
+    def __init__(self, feature_size: int = FEATURE_SIZE, hidden: int = 128):
+        super().__init__()
+        self.point = nn.Linear(3, hidden)
+        self.feature = nn.Linear(feature_size, hidden)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 6))
+        self.register_buffer("sides", torch.tensor([[-SEED_HALF_WIDTH, 0.0, 0.0], [SEED_HALF_WIDTH, 0.0, 0.0]]),
+                             persistent=False)
+
+    def forward(self, points: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        batch, k, _ = points.shape
+        offsets = self.mlp(self.point(points) + self.feature(feature).unsqueeze(1)).reshape(batch, k, 2, 3)
+        lifted = points.unsqueeze(2) + self.sides + offsets  # (B, K, 2, 3)
+        return lifted.reshape(batch, 2 * k, 3)
+
+
 class CompletionNet(nn.Module):
     """The two-stage completion network (module docstring). ``forward`` takes and returns mm.
 
     ``n_coarse`` coarse points give 4 x ``n_coarse`` completed ones (512 -> 2,048; smaller only for quick tests).
+    ``centre``: "us" centres the inputs on the ultrasound centroid; "xray" (modes using the X-ray) on
+    (ultrasound x, X-ray y and z); mode "xray" always on the X-ray centroid.
+    ``xray_seed``: lift X-ray points into half of the coarse cloud (``XraySeed``; only where the mode uses the
+    X-ray at the coarse stage; False: the decoder makes every coarse point, the first version's network).
     """
 
     def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
-                 encoder_width: int = 32, n_coarse: int = N_COARSE):
+                 encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us"):
         super().__init__()
+        if centre not in ("us", "xray"):
+            raise SonogateError(f"unknown normalisation centre {centre!r}; expected us or xray")
         self.mode = mode
+        self.centre = centre
         self.n_coarse = n_coarse
         self.sources = mode_sources(mode)
+        self.n_seed = n_coarse // 4 if (xray_seed and self.sources["coarse_xray"]) else 0  # X-ray points lifted
+        self.xray_seed = XraySeed(feature_size) if self.n_seed else None
         self.latent_size = latent_size
         self.us_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_us"] else None
         self.xray_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_xray"] else None
@@ -241,13 +294,20 @@ class CompletionNet(nn.Module):
         self.posterior_head = LinearResBlock(feature_size, 2 * latent_size)
         self.generator = LinearResBlock(latent_size, feature_size)
         self.coarse_decoder = nn.Sequential(nn.Linear(feature_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                            nn.Linear(512, n_coarse * 3))
+                                            nn.Linear(512, (n_coarse - 2 * self.n_seed) * 3))
         self.refiner = Refiner(feature_size, two_sources=self.sources["refine_us"] and self.sources["refine_xray"])
 
     def normalise(self, us_points: torch.Tensor, xray_points: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(us, xray) mm -> (us, xray) in SCALE_MM units about the centre, and the centre (B, 1, 3) mm."""
-        anchor = xray_points if self.mode == "xray" else us_points
-        centre = anchor.mean(dim=1, keepdim=True)
+        if self.mode == "xray":
+            centre = xray_points.mean(dim=1, keepdim=True)
+        elif self.centre == "xray" and self.mode != "us":
+            # lateral (x) from the ultrasound, (y, z) from the silhouette: the whole vertebra's outline, a steadier
+            # reference than the centroid of whichever posterior patches the probe happened to see
+            centre = torch.cat([us_points[:, :, :1].mean(dim=1, keepdim=True),
+                                xray_points[:, :, 1:].mean(dim=1, keepdim=True)], dim=2)
+        else:
+            centre = us_points.mean(dim=1, keepdim=True)
         return (us_points - centre) / SCALE_MM, (xray_points - centre) / SCALE_MM, centre
 
     def condition(self, us: torch.Tensor, xray: torch.Tensor) -> torch.Tensor:
@@ -256,10 +316,23 @@ class CompletionNet(nn.Module):
             return self.fusion(torch.cat([self.us_encoder(us), self.xray_encoder(xray)], dim=1))
         return self.us_encoder(us) if self.us_encoder is not None else self.xray_encoder(xray)
 
-    def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(coarse (B, 512, 3) normalised, the feature the refinement sees (B, F))."""
+    def seed_points(self, xray: torch.Tensor) -> torch.Tensor:
+        """The ``n_seed`` X-ray points (B, K, 3) the seed lifts: every (N // K)-th point (the phantom's and the
+        runtime's clouds are furthest-point ordered, so a stride spreads them over the silhouette)."""
+        stride = max(1, xray.shape[1] // self.n_seed)
+        return xray[:, ::stride][:, :self.n_seed]
+
+    def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor,
+                      xray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coarse (B, n_coarse, 3) normalised, the feature the refinement sees (B, F)). ``xray`` (normalised)
+        is needed when the network has an X-ray seed."""
         feature = feature + self.generator(latent)
-        return self.coarse_decoder(feature).reshape(-1, self.n_coarse, 3), feature
+        coarse = self.coarse_decoder(feature).reshape(feature.shape[0], -1, 3)
+        if self.xray_seed is not None:
+            if xray is None:
+                raise SonogateError("this completion network lifts X-ray points into its coarse cloud: pass xray")
+            coarse = torch.cat([coarse, self.xray_seed(self.seed_points(xray), feature)], dim=1)
+        return coarse, feature
 
     def refine(self, coarse: torch.Tensor, feature: torch.Tensor, us: torch.Tensor,
                xray: torch.Tensor) -> torch.Tensor:
@@ -286,7 +359,7 @@ class CompletionNet(nn.Module):
         feature = self.condition(us, xray)
         prior_mu, prior_std = _gaussian(self.prior_head(feature))
         if not self.training:
-            coarse, refine_feature = self.decode_coarse(feature, prior_mu)
+            coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray)
             completed = self.refine(coarse, refine_feature, us, xray)
             return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre}
         if complete is None:
@@ -297,9 +370,9 @@ class CompletionNet(nn.Module):
         z_post = post_mu + post_std * torch.randn_like(post_std)
         # the completion path decodes the prior MEAN, exactly as inference does: a decoder trained on samples
         # (VRCNet) meets z = mean as an input it never saw, which measured 1.5-2x worse here
-        coarse, refine_feature = self.decode_coarse(feature, prior_mu)
+        coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray)
         completed = self.refine(coarse, refine_feature, us, xray)
-        coarse_reconstruction, _ = self.decode_coarse(feature, z_post)
+        coarse_reconstruction, _ = self.decode_coarse(feature, z_post, xray)
         kl = (gaussian_kl(torch.zeros_like(post_mu), torch.ones_like(post_std), post_mu, post_std).mean(dim=1)
               + gaussian_kl(post_mu.detach(), post_std.detach(), prior_mu, prior_std).mean(dim=1))
         return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre,
@@ -320,6 +393,25 @@ def training_loss(outputs: dict[str, torch.Tensor], complete: torch.Tensor, kl_w
     parts = {"cd_completed": fine_cd.mean(), "cd_coarse": coarse_cd.mean(), "cd_reconstruction":
              reconstruction_cd.mean(), "kl": kl}
     return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+PARITY_ATOL_MM = 1e-3
+PARITY_SHARE = 0.99
+PARITY_MAX_MM = 2.0
+
+
+def parity(got, expected) -> dict:
+    """How closely two runtimes' completed clouds (..., N, 3) mm agree: {"max_mm", "mean_mm", "share_within"
+    (points within PARITY_ATOL_MM), "agrees"}. A few points may differ by more: the 8 nearest neighbours of a
+    coarse point can include one of two near-equidistant input points (distances equal to 1e-5 relative occur on
+    real clouds), and float rounding that differs between torch and ONNX Runtime then picks the other; "agrees"
+    asks for >= PARITY_SHARE of the points within PARITY_ATOL_MM and none beyond PARITY_MAX_MM."""
+    import numpy as np
+
+    distance = np.linalg.norm(np.asarray(got, np.float64) - np.asarray(expected, np.float64), axis=-1)
+    share = float((distance <= PARITY_ATOL_MM).mean())
+    return {"max_mm": float(distance.max()), "mean_mm": float(distance.mean()), "share_within": share,
+            "agrees": bool(share >= PARITY_SHARE and distance.max() <= PARITY_MAX_MM)}
 
 
 class ExportWrapper(nn.Module):
