@@ -66,6 +66,33 @@ def test_rust_net_shares_one_trunk_over_both_views():
     np.testing.assert_allclose(feats[:, :8].numpy(), swapped[:, 8:].numpy(), atol=1e-5)  # one trunk, two slots
 
 
+def test_shaft_strip_holds_every_cortex_landmark(tmp_path):
+    """The label-free shaft strip (training and runtime) keeps the columns where the fracture crosses each cortex,
+    on fresh phantom films with shutters, plates and nails; shape and dtype as asked."""
+    import csv
+
+    from sonogate.tasks.rust.phantom import write_rust_phantom
+    from sonogate.tasks.rust.shaft import shaft_strip
+
+    root = write_rust_phantom(tmp_path / "ph", 12, seed=31, size=256, progress=False)
+    rows = list(csv.DictReader((root / "labels.csv").open()))
+    hits = 0
+    for r in rows:
+        for view, cortices in (("ap", CORTICES[:2]), ("lat", CORTICES[2:])):
+            gray = cv2.imread(str(root / r["case"] / f"{view}.png"), cv2.IMREAD_GRAYSCALE)
+            strip, x0, x1 = shaft_strip(gray, 256, 96)
+            assert strip.shape == (256, 96) and strip.dtype == np.uint8
+            assert x1 - x0 == 96  # full film height (256) x 96/256 of it: the aspect ratio is kept
+            hits += all(x0 + 4 <= float(r[f"{c}_x"]) <= x1 - 4 for c in cortices)
+    assert hits == 2 * len(rows)
+    # a film whose brightest band sits at the edge: the strip is zero-padded, never out of bounds
+    edge = np.zeros((200, 300), np.uint8)
+    edge[:, 280:] = 200
+    edge[:, 280:] += np.random.default_rng(0).integers(0, 30, (200, 20)).astype(np.uint8)
+    strip, x0, x1 = shaft_strip(edge, 128, 48)
+    assert strip.shape == (128, 48) and x1 > 280
+
+
 @pytest.fixture(scope="module")
 def rust_model():
     if not (BUNDLE / "manifest.json").is_file():
@@ -156,5 +183,8 @@ def test_analyze_a_dicom_case_writes_columns_and_sr(rust_model, tmp_path):
         return found
 
     found = numbers(pydicom.dcmread(out / row["sr"]).ContentSequence, {})
-    assert found["rust_total"] == float(row["rust_total"])
+    from sonogate.tasks.rust.spec import TASK
+
+    total_meaning = TASK.measurement("rust_total").dicom_code[2]  # the SR codes the total from the spec
+    assert found[total_meaning] == float(row["rust_total"])
     assert all(found[c] == float(row[c]) for c in CORTICES)

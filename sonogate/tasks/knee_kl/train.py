@@ -6,7 +6,8 @@ subject), trains ``KneeKLNet`` (``RadiographCNN`` trunk + CORAL / CORN / softmax
 class-imbalance weights, augmentation (rotation, zoom, shift, mirror, contrast / gamma, noise), AdamW with a warm-up
 and cosine decay, and an exponential moving average (EMA) of the weights; after each epoch evaluates the EMA
 weights on ``val`` (accuracy, MAE, QWK, per-grade recall) and writes ``OUT/last.pt`` (resumable: a rerun with the
-same OUT continues; a rerun with a larger ``--epochs`` extends the run, recorded in ``extensions``), ``OUT/best.pt`` (the epoch with the lowest val MAE, ties by QWK) and ``OUT/history.json``.
+same OUT continues; a rerun with a larger ``--epochs`` extends the run, recorded in ``extensions``), ``OUT/best.pt``
+(the epoch with the lowest val MAE, ties by QWK) and ``OUT/history.json``.
 Torch runs on one thread unless ``cfg.threads`` says otherwise (shared CPU).
 
 CLI: ``sonogate knee-kl train --data DIR --out RUN_DIR`` (the task's ``cli`` part) or

@@ -11,7 +11,9 @@ class RustTrainConfig:
 
     data: str
     out: str
-    size: int = 160
+    size: int = 256  # letterbox: the square side; shaft: the strip's height
+    crop: str = "shaft"  # "shaft" (sonogate.tasks.rust.shaft strip, the spec's inputs) or "letterbox" (square)
+    strip_width: int = 96  # shaft: the strip's width (pixels)
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3

@@ -35,6 +35,18 @@ AGREEMENT_GOAL = 0.95
 UNION_THRESHOLD = float(TASK.measurement("rust_total").threshold)
 
 
+PREPROCESSING = {
+    "letterbox": {"resize": "letterbox", "pad_value": 0,
+                  "formula": "gray_uint8 -> pad to a centred square (0) -> resize (INTER_AREA) -> "
+                             "x = (gray / 255 - mean) / std, per view"},
+    "shaft": {"resize": "stretch", "crop": "shaft", "pad_value": 0,
+              "formula": "gray_uint8 -> shaft strip (sonogate.tasks.rust.shaft.shaft_strip: full film height, the "
+                         "columns around the brightest tibia-wide band, width / height of the film height wide) -> "
+                         "resize to height x width (INTER_AREA, aspect kept) -> x = (gray / 255 - mean) / std, "
+                         "per view"},
+}
+
+
 def _load_run(run_dir: str | Path) -> dict:
     import torch
 
@@ -77,11 +89,13 @@ def _run(session, feeds: dict[str, np.ndarray], batch: int = 32) -> dict[str, np
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def export_onnx_two_views(model, path: Path, size: int) -> Path:
-    """``model(ap, lat)`` -> ONNX with inputs ``ap``, ``lat`` (N, 1, size, size), dynamic N, outputs ``OUTPUTS``."""
+def export_onnx_two_views(model, path: Path, height: int, width: int | None = None) -> Path:
+    """``model(ap, lat)`` -> ONNX with inputs ``ap``, ``lat`` (N, 1, height, width; width defaults to height),
+    dynamic N, outputs ``OUTPUTS``."""
     import torch
 
-    example = (torch.zeros(2, 1, size, size), torch.zeros(2, 1, size, size))
+    width = height if width is None else width
+    example = (torch.zeros(2, 1, height, width), torch.zeros(2, 1, height, width))
     batch = torch.export.Dim("N", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,18 +143,22 @@ def export_rust_bundle(run_dir: str | Path, out: str | Path, keep_float: bool = 
 
     ckpt = _load_run(run_dir)
     cfg = ckpt["config"]
-    size = int(cfg["size"])
-    if size != TASK.inputs[0].height:
-        raise DataError(f"the run was trained at {size} px; the rust spec's inputs are {TASK.inputs[0].height} px")
+    size, crop = int(cfg["size"]), cfg.get("crop", "letterbox")
+    width = size if crop == "letterbox" else int(cfg["strip_width"])
+    spec_in = TASK.inputs[0]
+    spec_crop = "letterbox" if spec_in.resize == "letterbox" else "shaft"
+    if (size, width, crop) != (spec_in.height, spec_in.width, spec_crop):
+        raise DataError(f"the run was trained on {crop} views of {size} x {width} px; the rust spec's inputs are "
+                        f"{spec_crop} views of {spec_in.height} x {spec_in.width} px")
     folder = read_rust_folder(cfg["data"])
     split = _split_indexes(ckpt, folder)
     out = Path(out)
     prepare_out_dir(out, force)
     model = _model(ckpt)
-    views = load_views(folder, size, progress=False)
+    views = load_views(folder, size, progress=False, crop=crop, strip_width=width)
     test, train, val = views[split["test"]], views[split["train"]], views[split["val"]]
 
-    float_path = export_onnx_two_views(model, out / FLOAT_FILE, size)
+    float_path = export_onnx_two_views(model, out / FLOAT_FILE, size, width)
     onnx.checker.check_model(onnx.load(str(float_path)), full_check=True)
     feeds = _inputs(test, cfg)
     with torch.no_grad():
@@ -177,7 +195,7 @@ def export_rust_bundle(run_dir: str | Path, out: str | Path, keep_float: bool = 
 
     parity = {"data": {"source": f"test patients of the run's split ({cfg['data']})", "n_cases": len(test)},
               "goal": {"int8_grade_agreement_with_float": AGREEMENT_GOAL},
-              "latency_note": f"one case (AP + lateral, batch 1), {size} px, ORT CPU 2 threads "
+              "latency_note": f"one case (AP + lateral, batch 1), {size} x {width} px, ORT CPU 2 threads "
                               f"({platform.processor() or platform.machine()}), p50 / p99 of 40 calls",
               "models": {"float": {"file": FLOAT_FILE, **block(ref), "latency": _latency(sess_float, feeds)}}}
     models = {}
@@ -236,10 +254,8 @@ def export_rust_bundle(run_dir: str | Path, out: str | Path, keep_float: bool = 
     (out / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
     manifest = {
         "task": "rust", "modality": "radiograph",
-        "preprocessing": {"resize": "letterbox", "pad_value": 0, "inputs": ["ap", "lat"], "height": size,
-                          "width": size, "mean": cfg["mean"], "std": cfg["std"],
-                          "formula": "gray_uint8 -> pad to a centred square (0) -> resize (INTER_AREA) -> "
-                                     "x = (gray / 255 - mean) / std, per view"},
+        "preprocessing": PREPROCESSING[crop] | {"inputs": ["ap", "lat"], "height": size, "width": width,
+                                                "mean": cfg["mean"], "std": cfg["std"]},
         "outputs": {"cortex_logits": {"shape": ["N", 4, 3], "names": list(CORTICES), "classes": [1, 2, 3],
                                       "activation": "softmax over the last axis (log class probabilities)"},
                     "features": {"dim": int(2 * cfg["feature_dim"]), "meaning": "AP features then lateral features"}},

@@ -3,6 +3,10 @@ cortex the RUST grade 1-3 with its calibrated set, the total with its conformal 
 (``sonogate analyze`` columns ``ap_medial``, ``ap_lateral``, ``lat_anterior``, ``lat_posterior``, ``rust_total``,
 ``rust_total_lower``, ``rust_total_upper``, ``union``).
 
+Preprocessing: a bundle whose manifest ``preprocessing.crop`` is "shaft" gets each view cut to the tibial shaft
+strip first (``sonogate.tasks.rust.shaft.shaft_strip``, the same step as in training), then stretched (an identity
+resize) and normalised as the input spec says; otherwise each view is letterboxed.
+
 Refusals (one-line ``DataError``, no score): a view missing; a view that is colour, blank or unlike the training
 radiographs (image statistics / feature distances, ``ood.npz``); the two files being the same image; the views
 swapped (the "ap" file looking more lateral than the "lat" file beyond a margin, by a logistic view classifier on
@@ -84,6 +88,23 @@ class RustModel(InputModel):
         self.ood = RadiographOOD(ood_path) if ood_path.exists() else None
         self.stats = ImageStats()
         self._norm = {spec.name: (spec.mean, spec.std) for spec in self.inputs}
+        # bundles trained on shaft strips (sonogate.tasks.rust.shaft) say so in their preprocessing block
+        self.crop = (bundle.manifest.get("preprocessing") or {}).get("crop", "letterbox")
+        self._shape = {spec.name: (spec.height, spec.width) for spec in self.inputs}
+
+    def preprocess(self, inputs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Views by name -> graph feeds; a shaft-strip bundle first cuts each view's strip (as in training)."""
+        if self.crop == "shaft" and isinstance(inputs, Mapping):
+            import cv2
+
+            from sonogate.tasks.rust.shaft import shaft_strip
+
+            strips = {}
+            for name, frame in inputs.items():
+                gray = frame if frame.ndim == 2 else cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2GRAY)
+                strips[name] = shaft_strip(np.ascontiguousarray(gray, dtype=np.uint8), *self._shape[name])[0]
+            inputs = strips
+        return super().preprocess(inputs)
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict:
         logits = np.asarray(outputs["cortex_logits"], dtype=np.float64).reshape(len(CORTICES), len(GRADES))

@@ -4,7 +4,9 @@ Two radiographs of one healing tibial shaft fracture in (AP and lateral); per co
 lateral anterior, lateral posterior) an ordinal grade 1-3 with its probabilities, the total 4-12 and a union call
 out. Calibration: conformal prediction sets per cortex and a conformal interval on the total, exchangeable by case;
 "united" only when the whole set / interval says so (the unsafe error is calling a non-union united).
-Inputs are letterboxed to 160 px (the phantom-trained CNN runs from scratch on a 2-core CPU; docs/tasks/rust.md).
+Inputs are shaft strips, 256 x 96 px: the full film height, the columns around the tibia found without labels
+(``sonogate.tasks.rust.shaft``, applied by ``RustModel`` before the stretch, which is then an identity resize), so
+the 1-3 px fracture line and callus are read at 1.6x the resolution of a 160 px letterbox (docs/tasks/rust.md).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ TASK = TaskSpec(
     modality="DX",
     model_type="multi_view_ordinal",
     inputs=(
-        InputSpec(name="ap", kind="image", view="ap", height=160, width=160, resize="letterbox",
+        InputSpec(name="ap", kind="image", view="ap", height=256, width=96, resize="stretch",
                   interpolation="area", mean=0.5, std=0.25),
-        InputSpec(name="lat", kind="image", view="lat", height=160, width=160, resize="letterbox",
+        InputSpec(name="lat", kind="image", view="lat", height=256, width=96, resize="stretch",
                   interpolation="area", mean=0.5, std=0.25),
     ),
     outputs=(

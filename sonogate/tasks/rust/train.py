@@ -104,17 +104,24 @@ def read_rust_folder(root: str | Path) -> RustFolder:
                       grades, ap, lat)
 
 
-def load_views(folder: RustFolder, size: int, progress: bool = True) -> np.ndarray:
-    """Both views of every case, gray and letterboxed to ``size`` as the runtime does: uint8 (n, 2, size, size)."""
+def load_views(folder: RustFolder, size: int, progress: bool = True, crop: str = "letterbox",
+               strip_width: int = 96) -> np.ndarray:
+    """Both views of every case as the runtime prepares them: uint8 (n, 2, size, size) letterboxed (``crop``
+    "letterbox") or (n, 2, size, strip_width) shaft strips (``crop`` "shaft", ``sonogate.tasks.rust.shaft``)."""
     from tqdm import tqdm
 
     from sonogate.data.folder import load_gray_image
     from sonogate.runtime.preprocess import letterbox
+    from sonogate.tasks.rust.shaft import shaft_strip
 
-    out = np.empty((len(folder), 2, size, size), dtype=np.uint8)
+    if crop not in ("letterbox", "shaft"):
+        raise SonogateError(f"crop must be letterbox or shaft, not {crop!r}")
+    width = size if crop == "letterbox" else strip_width
+    out = np.empty((len(folder), 2, size, width), dtype=np.uint8)
     for i in tqdm(range(len(folder)), desc="load views", disable=not progress, leave=False):
-        out[i, 0] = letterbox(load_gray_image(folder.ap_paths[i]), size)[0]
-        out[i, 1] = letterbox(load_gray_image(folder.lat_paths[i]), size)[0]
+        for v, paths in enumerate((folder.ap_paths, folder.lat_paths)):
+            gray = load_gray_image(paths[i])
+            out[i, v] = letterbox(gray, size)[0] if crop == "letterbox" else shaft_strip(gray, size, width)[0]
     return out
 
 
@@ -285,7 +292,7 @@ def _prepare(cfg: RustTrainConfig, log) -> tuple[RustFolder, np.ndarray, np.ndar
     folder = read_rust_folder(cfg.data)
     keep = _limit(folder, cfg.max_cases)
     t0 = time.time()
-    views = load_views(folder, cfg.size)[keep]
+    views = load_views(folder, cfg.size, crop=cfg.crop, strip_width=cfg.strip_width)[keep]
     log(f"loaded {len(keep)} cases ({len(set(folder.patients[keep].tolist()))} patients) at {cfg.size} px "
         f"in {time.time() - t0:.0f} s")
     return folder, views, keep
@@ -466,7 +473,7 @@ def run_heads(run_dir: str | Path, steps: int = 300, log=print) -> dict:
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     folder = read_rust_folder(cfg.data)
-    views = load_views(folder, cfg.size, progress=False)
+    views = load_views(folder, cfg.size, progress=False, crop=cfg.crop, strip_width=cfg.strip_width)
     split = {k: np.flatnonzero(np.isin(folder.patients, v)) for k, v in ckpt["split"].items()}
 
     @torch.no_grad()
