@@ -229,3 +229,26 @@ def test_onnx_export_matches_torch(kind, tmp_path):
     np.testing.assert_allclose(onnx_probs, torch_probs.numpy(), atol=1e-5)
     # grades can only differ where P(y > k) sits within float error of 0.5
     assert np.mean(onnx_grade == torch_grade.numpy()) == 1.0
+
+
+def test_fit_frozen_heads_fits_every_kind_and_weighting_on_separable_features():
+    """The head comparison on frozen features: six heads (three kinds x two weightings), each learns an ordinal
+    target that is a monotone function of one feature, for one task and for several."""
+    import torch
+
+    from sonogate.models.ordinal import HEAD_KINDS, HEAD_WEIGHTINGS, fit_frozen_heads, predict_grade
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 4, generator=generator) * 2.0
+    y = torch.bucketize(x[:, 0], torch.tensor([-1.0, 1.0]))
+    fitted = list(fit_frozen_heads(x, y, 3, steps=400))
+    assert [(k, w) for k, w, _ in fitted] == [(k, w) for k in HEAD_KINDS for w in HEAD_WEIGHTINGS]
+    for kind, _, head in fitted:
+        with torch.no_grad():
+            accuracy = (predict_grade(head(x), kind, "median") == y).float().mean().item()
+        assert accuracy > 0.85, kind
+    two = torch.stack([y, 2 - y], dim=1)
+    for kind, _, head in fit_frozen_heads(x, two, 3, num_tasks=2, steps=400):
+        with torch.no_grad():
+            accuracy = (predict_grade(head(x), kind, "median") == two).float().mean().item()
+        assert accuracy > 0.85, kind

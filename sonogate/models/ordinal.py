@@ -261,3 +261,27 @@ class OrdinalPredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
         return probabilities(logits, self.kind), predict_grade(logits, self.kind, self.rule)
+
+
+HEAD_KINDS = ("coral", "corn", "softmax")
+HEAD_WEIGHTINGS = ("none", "effective")
+
+
+def fit_frozen_heads(features: torch.Tensor, targets: torch.Tensor, num_classes: int, num_tasks: int | None = None,
+                     steps: int = 300, lr: float = 1e-2):
+    """The ordinal-vs-one-hot comparison on a trained trunk: every head kind (CORAL, CORN, one-hot softmax) with and
+    without class weighting, each fitted by AdamW on the frozen ``features`` (n, d) against ``targets`` (n,) or
+    (n, num_tasks) class indices (``num_tasks`` None: one task). Yields (kind, weighting, head) in a fixed order,
+    seeded alike."""
+    for kind in HEAD_KINDS:
+        for weighting in HEAD_WEIGHTINGS:
+            torch.manual_seed(0)
+            head = OrdinalHead(features.shape[1], num_classes, kind=kind, num_tasks=num_tasks)
+            weights = torch.as_tensor(class_weights(targets.numpy().ravel(), num_classes, weighting))
+            optim = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+            for _ in range(steps):
+                loss = head.loss(head(features), targets, weights)
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+            yield kind, weighting, head

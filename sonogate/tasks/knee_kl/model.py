@@ -20,12 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sonogate.calibration.class_sets import set_to_text
-from sonogate.calibration.ordinal_calfile import load_ordinal_calibration
-from sonogate.core.bundle import Bundle, sha256_file
-from sonogate.errors import BundleError
-from sonogate.runtime.image_stats import ImageStats
-from sonogate.runtime.model_api import InferenceAdapter, InputModel
-from sonogate.runtime.radiograph_checks import RadiographOOD, check_gray_radiograph
+from sonogate.core.bundle import Bundle
+from sonogate.runtime.model_api import InferenceAdapter
+from sonogate.runtime.ordinal_model import OrdinalRadiographModel
+from sonogate.runtime.radiograph_checks import check_gray_radiograph
 from sonogate.tasks.knee_kl.spec import TASK
 
 KL_GRADES = (0, 1, 2, 3, 4)
@@ -37,21 +35,14 @@ def median_grade(probabilities: np.ndarray) -> int:
     return int(KL_GRADES[int(np.argmax(np.cumsum(probabilities) >= 0.5 - 1e-9))])
 
 
-class KneeKLModel(InputModel):
+class KneeKLModel(OrdinalRadiographModel):
     """A knee_kl bundle with its calibration.json and ood.npz (module docstring)."""
 
     model_type: ClassVar[str] = "knee_kl_grade"
+    logits_output: ClassVar[str] = "kl_logits"
 
     def __init__(self, bundle: Bundle, adapter: InferenceAdapter):
         super().__init__(bundle, adapter)
-        if "kl_logits" not in adapter.output_names:
-            raise BundleError(f"bundle {bundle.path} has no kl_logits output")
-        path = bundle.calibration_path
-        self.calibration = load_ordinal_calibration(path, bundle.bundle_hash) if path.exists() else None
-        self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
-        ood_path = bundle.path / "ood.npz"
-        self.ood = RadiographOOD(ood_path) if ood_path.exists() else None
-        self.stats = ImageStats()
         spec = self.inputs[0]
         self._norm = (spec.mean, spec.std)
 

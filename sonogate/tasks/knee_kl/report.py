@@ -86,7 +86,7 @@ def evaluate_bundle(bundle: str, data: str, json_path: str | None, plot_path: st
 def compare_heads(run_dir: str, json_path: str | None, steps: int = 300) -> dict:
     import torch
 
-    from sonogate.models.ordinal import OrdinalHead, class_weights, predict_grade
+    from sonogate.models.ordinal import fit_frozen_heads, predict_grade
     from sonogate.tasks.knee_kl.train import load_knee_run
 
     torch.set_num_threads(1)
@@ -102,24 +102,14 @@ def compare_heads(run_dir: str, json_path: str | None, steps: int = 300) -> dict
     f_train, f_val = features(train), features(val)
     y_train = torch.from_numpy(train.grades)
     rows = []
-    for kind in ("coral", "corn", "softmax"):
-        for weights in ("none", "effective"):
-            torch.manual_seed(0)
-            head = OrdinalHead(f_train.shape[1], 5, kind=kind)
-            w = torch.as_tensor(class_weights(train.grades, 5, weights))
-            optim = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
-            for _ in range(steps):
-                loss = head.loss(head(f_train), y_train, w)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-            with torch.no_grad():
-                pred = predict_grade(head(f_val), kind, "median").numpy()
-            r = ordinal_report(val.grades, pred, KL_GRADES)
-            rows.append({"head": kind, "weights": weights, **{k: r[k] for k in ("accuracy", "mae", "qwk",
-                                                                                 "macro_recall", "per_grade_recall")}})
-            print(f"{kind:8s} {weights:10s} acc {r['accuracy']:.3f} MAE {r['mae']:.3f} QWK {r['qwk']:.3f} "
-                  f"macro recall {r['macro_recall']:.3f}", file=sys.stderr)
+    for kind, weights, head in fit_frozen_heads(f_train, y_train, 5, steps=steps):
+        with torch.no_grad():
+            pred = predict_grade(head(f_val), kind, "median").numpy()
+        r = ordinal_report(val.grades, pred, KL_GRADES)
+        rows.append({"head": kind, "weights": weights, **{k: r[k] for k in ("accuracy", "mae", "qwk",
+                                                                             "macro_recall", "per_grade_recall")}})
+        print(f"{kind:8s} {weights:10s} acc {r['accuracy']:.3f} MAE {r['mae']:.3f} QWK {r['qwk']:.3f} "
+              f"macro recall {r['macro_recall']:.3f}", file=sys.stderr)
     result = {"run": str(run_dir), "trunk_head": cfg["head"], "steps": steps, "rows": rows,
               "note": "heads refitted on the frozen trunk features of train (trained with the trunk's own head); "
                       "scored on val"}

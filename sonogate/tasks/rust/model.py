@@ -27,12 +27,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sonogate.calibration.class_sets import set_to_text
-from sonogate.calibration.ordinal_calfile import load_ordinal_calibration
-from sonogate.core.bundle import Bundle, sha256_file
-from sonogate.errors import BundleError, DataError
-from sonogate.runtime.image_stats import ImageStats
-from sonogate.runtime.model_api import InferenceAdapter, InputModel
-from sonogate.runtime.radiograph_checks import RadiographOOD, check_gray_radiograph
+from sonogate.core.bundle import Bundle
+from sonogate.errors import DataError
+from sonogate.runtime.model_api import InferenceAdapter
+from sonogate.runtime.ordinal_model import OrdinalRadiographModel
+from sonogate.runtime.radiograph_checks import check_gray_radiograph
 from sonogate.tasks.rust.spec import CORTICES, TASK
 
 GRADES = (1, 2, 3)
@@ -72,21 +71,14 @@ def _thumbnail(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-class RustModel(InputModel):
+class RustModel(OrdinalRadiographModel):
     """A rust bundle with its calibration.json and ood.npz (module docstring)."""
 
     model_type: ClassVar[str] = "multi_view_ordinal"
+    logits_output: ClassVar[str] = "cortex_logits"
 
     def __init__(self, bundle: Bundle, adapter: InferenceAdapter):
         super().__init__(bundle, adapter)
-        if "cortex_logits" not in adapter.output_names:
-            raise BundleError(f"bundle {bundle.path} has no cortex_logits output")
-        path = bundle.calibration_path
-        self.calibration = load_ordinal_calibration(path, bundle.bundle_hash) if path.exists() else None
-        self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
-        ood_path = bundle.path / "ood.npz"
-        self.ood = RadiographOOD(ood_path) if ood_path.exists() else None
-        self.stats = ImageStats()
         self._norm = {spec.name: (spec.mean, spec.std) for spec in self.inputs}
         # bundles trained on shaft strips (sonogate.tasks.rust.shaft) say so in their preprocessing block
         self.crop = (bundle.manifest.get("preprocessing") or {}).get("crop", "letterbox")

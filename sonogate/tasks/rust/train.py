@@ -46,7 +46,7 @@ from sonogate.calibration.ordinal_metrics import (
 )
 from sonogate.data.splits import split_by_group
 from sonogate.errors import DataError, SonogateError
-from sonogate.models.ordinal import OrdinalHead, class_weights, predict_grade, probabilities
+from sonogate.models.ordinal import OrdinalHead, class_weights, fit_frozen_heads, predict_grade, probabilities
 from sonogate.models.radiograph_cnn import RadiographCNN, augment_radiographs
 from sonogate.models.schedule import WeightAverage, warmup_cosine_lr
 from sonogate.tasks.rust.config import RustTrainConfig
@@ -485,22 +485,12 @@ def run_heads(run_dir: str | Path, steps: int = 300, log=print) -> dict:
     f_train, f_test = feats(split["train"]), feats(split["test"])
     y_train = torch.from_numpy(folder.grades[split["train"]] - GRADES[0])
     rows = []
-    for kind in ("coral", "corn", "softmax"):
-        for weights in ("none", "effective"):
-            torch.manual_seed(0)
-            head = OrdinalHead(f_train.shape[1], len(GRADES), kind=kind, num_tasks=len(CORTICES))
-            w = torch.as_tensor(class_weights(y_train.numpy().ravel(), len(GRADES), weights))
-            optim = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
-            for _ in range(steps):
-                loss = head.loss(head(f_train), y_train, w)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-            with torch.no_grad():
-                m = evaluate_rust(head(f_test), folder.grades[split["test"]], kind)
-            rows.append({"head": kind, "weights": weights, **_row(m), "per_grade_recall": m["per_grade_recall"]})
-            log(f"{kind} / {weights}: macro recall {m['macro_recall']:.3f}, cortex accuracy {m['cortex_accuracy']:.3f}, "
-                f"total MAE {m['total_mae']:.3f}")
+    for kind, weights, head in fit_frozen_heads(f_train, y_train, len(GRADES), num_tasks=len(CORTICES), steps=steps):
+        with torch.no_grad():
+            m = evaluate_rust(head(f_test), folder.grades[split["test"]], kind)
+        rows.append({"head": kind, "weights": weights, **_row(m), "per_grade_recall": m["per_grade_recall"]})
+        log(f"{kind} / {weights}: macro recall {m['macro_recall']:.3f}, cortex accuracy {m['cortex_accuracy']:.3f}, "
+            f"total MAE {m['total_mae']:.3f}")
     keys = ["head", "weights", "macro_recall", "cortex_accuracy", "pr_auc", "precision", "recall", "total_mae",
             "total_icc"]
     (run_dir / "heads.json").write_text(json.dumps({"run": str(run_dir), "trunk_head": cfg.head, "steps": steps,
