@@ -17,20 +17,14 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from model_timing import time_graph_and_analyze
+
 GOAL_P50_MS = 60.0
-
-
-def percentiles(times_s: list[float]) -> dict:
-    ms = np.asarray(times_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2), "runs": int(ms.size)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,19 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               "goal_p50_ms": GOAL_P50_MS, "models": {}}
     for variant in [v for v in ("float", "int8") if v in bundle.models]:
         model = create_model(bundle, device="ort-cpu", threads=args.threads, precision=variant)
-        feeds = [model.preprocess(f)[0] for f in frames]
-        graph, analyze = [], []
-        for i in range(args.warmup):
-            model.adapter.infer_sync(feeds[i % len(feeds)])
-        for i in range(args.runs):
-            t = time.perf_counter()
-            model.adapter.infer_sync(feeds[i % len(feeds)])
-            graph.append(time.perf_counter() - t)
-        for i in range(args.runs):
-            t = time.perf_counter()
-            model.analyze(frames[i % len(frames)], None, [])
-            analyze.append(time.perf_counter() - t)
-        result["models"][variant] = {"graph": percentiles(graph), "analyze": percentiles(analyze),
+        result["models"][variant] = {**time_graph_and_analyze(model, frames, args.runs, args.warmup),
                                      "file": bundle.models[variant]["file"],
                                      "size_mb": round((Path(args.bundle) / bundle.models[variant]["file"]).stat().st_size
                                                       / 1e6, 2)}

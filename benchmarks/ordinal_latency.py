@@ -20,21 +20,15 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from model_timing import time_graph_and_analyze
+
 GOALS_P50_MS = {"knee_kl": 40.0, "rust": 80.0}
 UNITS = {"knee_kl": "knee image", "rust": "RUST case (AP + lateral)"}
-
-
-def percentiles(times_s: list[float]) -> dict:
-    ms = np.asarray(times_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2), "runs": int(ms.size)}
 
 
 def inputs(task: str, data: str, n: int) -> list:
@@ -85,19 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 usable.append(item)
             except DataError:
                 continue
-        feeds = [model.preprocess(item)[0] for item in usable]
-        graph, analyze = [], []
-        for i in range(args.warmup):
-            model.adapter.infer_sync(feeds[i % len(feeds)])
-        for i in range(args.runs):
-            t = time.perf_counter()
-            model.adapter.infer_sync(feeds[i % len(feeds)])
-            graph.append(time.perf_counter() - t)
-        for i in range(args.runs):
-            t = time.perf_counter()
-            model.analyze(usable[i % len(usable)], None, [])
-            analyze.append(time.perf_counter() - t)
-        result["models"][variant] = {"graph": percentiles(graph), "analyze": percentiles(analyze),
+        result["models"][variant] = {**time_graph_and_analyze(model, usable, args.runs, args.warmup),
                                      "n_scored_inputs": len(usable),
                                      "size_mb": round((Path(args.bundle) / bundle.models[variant]["file"]).stat()
                                                       .st_size / 1e6, 2)}
