@@ -240,7 +240,7 @@ def test_fit_frozen_heads_fits_every_kind_and_weighting_on_separable_features():
 
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(400, 4, generator=generator) * 2.0
-    y = torch.bucketize(x[:, 0], torch.tensor([-1.0, 1.0]))
+    y = torch.bucketize(x[:, 0].contiguous(), torch.tensor([-1.0, 1.0]))
     fitted = list(fit_frozen_heads(x, y, 3, steps=400))
     assert [(k, w) for k, w, _ in fitted] == [(k, w) for k in HEAD_KINDS for w in HEAD_WEIGHTINGS]
     for kind, _, head in fitted:
