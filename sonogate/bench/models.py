@@ -1,6 +1,6 @@
 """The bench's model factory: the timed network at any input size, in float ONNX, static INT8 QDQ and NNCF INT8.
 
-With torch, the network is the one ``sonogate export`` ships (``sonogate.tasks.hip_us.net.HipUSNet(head="mlp")``)
+With torch, the network is the one ``sonogate export`` ships (the hip_us spec's ``network`` part, ``HipUSNet(head="mlp")``)
 with seeded random weights; without torch, the same layers are built with ``onnx.helper``. INT8 and NNCF go
 through ``sonogate.export.quantize``, the bundle's recipe. ``kernel_model`` builds the one-layer models of the
 compute-peak measurement.
@@ -26,14 +26,24 @@ SHIPPING_EXPORTER = "sonogate.export.onnx_export.export_onnx"
 FAST_EXPORTER = "torch.onnx.export (TorchScript exporter, opset 17)"
 
 
+# The timed network is the hip ultrasound task's, found through its spec's parts (never imported by name here).
+BENCH_TASK = "hip_us"
+
+
+def _network_part(role: str):
+    from sonogate.core.registry import get_task
+
+    spec = get_task(BENCH_TASK)
+    return spec.part(role), spec.parts[role].replace(":", ".")
+
+
 def build_torch_model(seed: int = 0):
     """The exported architecture with seeded random weights. Returns (model in eval mode, its description)."""
     import torch
 
-    from sonogate.tasks.hip_us.net import HipUSNet
-
+    network, name = _network_part("network")
     torch.manual_seed(seed)
-    return HipUSNet(head="mlp").eval(), "sonogate.tasks.hip_us.net.HipUSNet(head='mlp')"
+    return network(head="mlp").eval(), f"{name}(head='mlp')"
 
 
 def export_torch_onnx(path: Path, size: int, seed: int = 0, shipping: bool = True) -> tuple[str, str]:
@@ -48,21 +58,21 @@ def export_torch_onnx(path: Path, size: int, seed: int = 0, shipping: bool = Tru
     import torch
 
     from sonogate.export.onnx_export import export_onnx
-    from sonogate.tasks.hip_us.net import OUTPUT_NAMES
 
+    output_names = _network_part("network_outputs")[0]
     model, arch = build_torch_model(seed)
     if not shipping:
-        axes = {"image": {0: "N"}, **{name: {0: "N"} for name in OUTPUT_NAMES}}
+        axes = {"image": {0: "N"}, **{name: {0: "N"} for name in output_names}}
         with warnings.catch_warnings(), torch.inference_mode(False):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(model, (torch.zeros(1, 1, size, size),), str(path), input_names=["image"],
-                                  output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=17,
+                                  output_names=list(output_names), dynamic_axes=axes, opset_version=17,
                                   do_constant_folding=True, dynamo=False)
                 return arch, FAST_EXPORTER
             except (TypeError, RuntimeError, ValueError):  # a torch without the TorchScript exporter
                 pass
-    export_onnx(model, path, size, OUTPUT_NAMES)
+    export_onnx(model, path, size, output_names)
     return arch, SHIPPING_EXPORTER
 
 
