@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,10 @@ DEMO = REPO / "demo" / "bundle"
 
 
 def _run_cli(argv: list[str]) -> int:
-    from sonogate.cli import build_parser
-    from sonogate.errors import SonogateError
+    """``sonogate <argv>`` in this process (one line on stderr and exit code 2 for a SonogateError)."""
+    from sonogate.cli import main
 
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SonogateError as exc:
-        print(f"sonogate: error: {exc}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -367,12 +367,8 @@ class PerImageAnalysis:
 
     def annotate(self, frame: np.ndarray, result: Mapping[str, Any], image: Any | None) -> np.ndarray:
         """The image with a side panel: each measurement with its bound, then the decision."""
-        import cv2
+        from sonogate.runtime.overlay import text_panel
 
-        bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        height, width = bgr.shape[:2]
-        canvas = np.full((max(height, 200), width + 300, 3), 24, dtype=np.uint8)
-        canvas[:height, :width] = bgr[:, :, :3]
         lines = [self.model.task]
         for name, entry in result["measurements"].items():
             text = f"{name}: --" if entry["value"] is None else f"{name}: {entry['value']:g}"
@@ -382,7 +378,4 @@ class PerImageAnalysis:
                 text += f" (<= {entry['upper_bound']:g})"
             lines.append(text)
         lines += [str(result.get("recommendation") or ""), "algorithm output, unverified"]
-        for i, text in enumerate(lines):
-            cv2.putText(canvas, text, (width + 12, 26 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (230, 230, 230), 1,
-                        cv2.LINE_AA)
-        return canvas
+        return text_panel(frame, lines, 300, 200)

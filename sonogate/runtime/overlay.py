@@ -259,3 +259,19 @@ class ResultOverlay:
             cv2.putText(canvas, reason[0], (10, 62), FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         self.banner_lines = (banner, *reason)
         return canvas
+
+
+def text_panel(frame: np.ndarray, lines: list[str], panel_width: int, min_height: int, scale: float = 0.45,
+               first_baseline: int = 26, line_step: int = 22) -> np.ndarray:
+    """``frame`` (gray or BGR) with a dark panel ``panel_width`` px wide on its right holding ``lines``, one per
+    ``line_step`` px: the DICOM SC picture of a task decided per image. Output: a new BGR image, at least
+    ``min_height`` tall."""
+    bgr = frame[:, :, :3] if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    height, width = bgr.shape[:2]
+    canvas = np.full((max(height, min_height), width + panel_width, 3), 24, dtype=np.uint8)
+    canvas[:height, :width] = bgr
+    for i, text in enumerate(lines):
+        cv2.putText(canvas, text, (width + 12, first_baseline + line_step * i), FONT, scale, (230, 230, 230), 1,
+                    cv2.LINE_AA)
+    return canvas
+

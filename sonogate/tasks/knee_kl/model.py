@@ -23,6 +23,7 @@ from sonogate.calibration.class_sets import set_to_text
 from sonogate.core.bundle import Bundle
 from sonogate.runtime.model_api import InferenceAdapter
 from sonogate.runtime.ordinal_model import OrdinalRadiographModel
+from sonogate.runtime.overlay import text_panel
 from sonogate.runtime.radiograph_checks import check_gray_radiograph
 from sonogate.tasks.knee_kl.spec import TASK
 
@@ -111,16 +112,7 @@ class KneeKLModel(OrdinalRadiographModel):
 
     def annotate(self, frame_bgr: np.ndarray, result: Mapping[str, Any], image: Any | None) -> np.ndarray:
         """The radiograph with the grade, its set and the decision written on a panel beside it."""
-        import cv2
-
-        frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-        h, w = frame.shape[:2]
-        canvas = np.full((max(h, 160), w + 280, 3), 24, dtype=np.uint8)
-        canvas[:h, :w] = frame
         columns = result["columns"]
         lines = [f"KL grade {columns['kl_grade']}", f"set {{{columns['kl_grade_set'] or '-'}}}",
                  str(result.get("recommendation") or "")]
-        for i, text in enumerate(lines):
-            cv2.putText(canvas, text, (w + 12, 36 + 34 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (230, 230, 230), 1,
-                        cv2.LINE_AA)
-        return canvas
+        return text_panel(frame_bgr, lines, 280, 160, scale=0.7, first_baseline=36, line_step=34)

@@ -31,6 +31,7 @@ from sonogate.core.bundle import Bundle
 from sonogate.errors import DataError
 from sonogate.runtime.model_api import InferenceAdapter
 from sonogate.runtime.ordinal_model import OrdinalRadiographModel
+from sonogate.runtime.overlay import text_panel
 from sonogate.runtime.radiograph_checks import check_gray_radiograph
 from sonogate.tasks.rust.spec import CORTICES, TASK
 
@@ -203,17 +204,8 @@ class RustModel(OrdinalRadiographModel):
 
     def annotate(self, frame_bgr: np.ndarray, result: Mapping[str, Any], image: Any | None) -> np.ndarray:
         """The AP film with the grades, sets, total and union call on a panel beside it (the DICOM SC)."""
-        import cv2
-
-        frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-        h, w = frame.shape[:2]
-        canvas = np.full((max(h, 260), w + 360, 3), 24, dtype=np.uint8)
-        canvas[:h, :w] = frame
         columns, sets = result["columns"], result.get("cortex_sets") or {}
         lines = [f"{c}: {columns[c]} {{{sets.get(c, '-')}}}" for c in CORTICES]
         lines += [f"RUST {columns['rust_total']} [{columns['rust_total_lower']}, {columns['rust_total_upper']}]",
                   str(columns["union"])]
-        for i, text in enumerate(lines):
-            cv2.putText(canvas, text, (w + 12, 32 + 30 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (230, 230, 230), 1,
-                        cv2.LINE_AA)
-        return canvas
+        return text_panel(frame_bgr, lines, 360, 260, scale=0.6, first_baseline=32, line_step=30)
