@@ -192,16 +192,22 @@ def find_cases(targets: Iterable[str | Path], views: tuple[str, ...],
     return cases
 
 
-def case_views(bundle_path: str | Path) -> tuple[str, ...]:
-    """The views (else input names) of a task decided per case with several inputs (images or point clouds);
-    () for any other bundle (and for one that cannot be read: loading the models reports that)."""
+def task_manifest(bundle_path: str | Path) -> dict[str, Any]:
+    """The bundle's manifest as version 2 describes it, read without verifying the files (which loading the models
+    does); {} for a bundle that cannot be read (loading the models reports that)."""
     from sonogate.core.bundle import load_bundle
 
     try:
-        manifest = described_manifest(load_bundle(bundle_path, verify=False))
+        return described_manifest(load_bundle(bundle_path, verify=False))
     except SonogateError:
-        return ()
-    if (manifest.get("decision") or {}).get("unit") == "frame_window":
+        return {}
+
+
+def case_views(bundle_path: str | Path, manifest: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The views (else input names) of a task decided per case with several inputs (images or point clouds);
+    () for any other bundle. ``manifest``: ``task_manifest(bundle_path)`` when the caller has it."""
+    manifest = task_manifest(bundle_path) if manifest is None else manifest
+    if not manifest or (manifest.get("decision") or {}).get("unit") == "frame_window":
         return ()
     inputs = list(manifest.get("inputs") or ())
     if len(inputs) < 2:
@@ -209,14 +215,9 @@ def case_views(bundle_path: str | Path) -> tuple[str, ...]:
     return tuple(str(entry.get("view") or entry["name"]) for entry in inputs)
 
 
-def decided_per_image(bundle_path: str | Path) -> bool:
+def decided_per_image(bundle_path: str | Path, manifest: dict[str, Any] | None = None) -> bool:
     """Whether the bundle's task decides per image (its folders' image files are inputs, not only DICOM)."""
-    from sonogate.core.bundle import load_bundle
-
-    try:
-        manifest = described_manifest(load_bundle(bundle_path, verify=False))
-    except SonogateError:
-        return False
+    manifest = task_manifest(bundle_path) if manifest is None else manifest
     return (manifest.get("decision") or {}).get("unit") == "image"
 
 
@@ -749,11 +750,12 @@ def analyze(targets: Iterable[str | Path], options: AnalyzeOptions) -> AnalyzeSu
     """Run the batch. Raises SonogateError (one line) for problems with the whole run (no inputs, bad bundle,
     unwritable output folder); per-file problems land in the records and the CSV."""
     targets = [Path(t) for t in ([targets] if isinstance(targets, (str, Path)) else targets)]
-    views = case_views(options.bundle)
+    manifest = task_manifest(options.bundle)
+    views = case_views(options.bundle, manifest)
     if views:
         inputs: list = find_cases(targets, views, exclude=Path(options.out))
     else:
-        inputs = find_inputs(targets, exclude=Path(options.out), images=decided_per_image(options.bundle))
+        inputs = find_inputs(targets, exclude=Path(options.out), images=decided_per_image(options.bundle, manifest))
     analyzer = Analyzer(options)
     for note in analyzer.notes:
         print(f"note: {note}", file=sys.stderr)
