@@ -55,6 +55,13 @@ def test_each_new_image_is_measured_once_and_repeated_frames_reuse_it(tmp_path):
         assert hip["ce_deg"]["lower_bound"] == pytest.approx(ce - 4.0, abs=1e-3)
         assert event["task"] == "hip_xr" and event["fault"] is None
         assert event["bundle_sha256"] == session.bundle.bundle_hash
+        # the radiograph's own outcome: reassuring only when both hips' bounds are on the safe side
+        if ai + 3.0 <= 30.0 and ce - 4.0 >= 20.0:
+            assert event["recommendation"] == "normal within bounds", event["reason"]
+        else:
+            assert event["recommendation"] == "abnormal or uncertain"
+            assert "right hip: AI bound" in event["reason"] and "left hip: AI bound" in event["reason"]
+    assert {e["recommendation"] for e in events} == {"normal within bounds", "abnormal or uncertain"}
 
 
 def test_faults_and_bad_frames_give_the_tasks_safe_default(tmp_path):
@@ -84,3 +91,5 @@ def test_sonogate_run_takes_a_radiograph_bundle_and_draws_the_tasks_picture(tmp_
     # hip_xr's own SC drawing (image + 300-px panel) under the decision banner, not the ultrasound overlay
     assert picture.shape[1] == 96 + 300
     assert tuple(int(v) for v in picture[10, 10]) == (30, 30, 220)  # red banner: not a reassuring outcome
+    # the first radiograph (grey 90) is normal within bounds in both hips, the second (180) is not
+    assert [e["recommendation"] for e in frames] == ["normal within bounds"] * 5 + ["abnormal or uncertain"] * 5

@@ -114,6 +114,21 @@ def hip_verdict(
     return NORMAL, f"AI <= {ai_upper:.1f} <= {t['ai_deg']:g} and CE >= {ce_lower:.1f} >= {t['ce_deg']:g}"
 
 
+def image_decision(hips: Mapping[str, Mapping[str, Any]], calibrated: bool) -> tuple[str, str]:
+    """(outcome, reason) of one radiograph from its per-hip verdicts (``hip_verdict``): NORMAL only when the
+    bundle is calibrated and every hip of ``SIDES`` is there with a NORMAL verdict; anything else is NOT_NORMAL."""
+    if not calibrated:
+        return NOT_NORMAL, "no calibration: no bounds, no reassurance"
+    problems = []
+    for side in SIDES:
+        verdict = (hips.get(side) or {}).get("verdict") or {}
+        if verdict.get("value") != NORMAL:
+            problems.append(f"{side} hip: {verdict.get('reason') or 'no verdict'}")
+    if problems:
+        return NOT_NORMAL, "; ".join(problems)
+    return NORMAL, "both hips normal within the calibrated bounds"
+
+
 def _round(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
@@ -257,11 +272,15 @@ class HipXrPelvisModel(InputModel):
 
     # -- one case of ``sonogate analyze`` ----------------------------------------------------------------------
     def analyze(self, frame_bgr: np.ndarray, image: Any | None, notes: list[str]) -> dict[str, Any]:
-        """The analysis result of one radiograph: per hip measurements, bounds, IHDI and verdict (``hips``)."""
+        """The analysis result of one radiograph: per hip measurements, bounds, IHDI and verdict (``hips``), and
+        the radiograph's outcome (``recommendation``, the spec's decision unit is the image): "normal within
+        bounds" only when the bundle is calibrated and both hips are normal within their bounds, else "abnormal
+        or uncertain" with the hips' reasons."""
         hips = self.measure(frame_bgr, image, notes)
         if self.calibration is None:
             notes.append("X-ray bundle has no calibration: values without bounds")
-        return {"recommendation": None, "reason": "X-ray measurements per hip", "hips": hips}
+        recommendation, reason = image_decision(hips, calibrated=self.calibration is not None)
+        return {"recommendation": recommendation, "reason": reason, "hips": hips}
 
     def report_groups(self, result: Mapping[str, Any]) -> list:
         """The DICOM SR measurement groups of an ``analyze`` result (one per hip)."""
