@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -16,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "tests" / "data" / "spine_case"
 
 
-def test_export_writes_a_bundle_the_runtime_runs(tmp_path):
+@pytest.mark.parametrize("embedding", ["plane", "half_path"])
+def test_export_writes_a_bundle_the_runtime_runs(tmp_path, embedding):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from sonogate.core.bundle import load_bundle
     from sonogate.runtime.model_api import create_model
     from sonogate.tasks.spine.export import export_spine_bundle
     from sonogate.tasks.spine.net import CompletionNet
+    from sonogate.tasks.spine.phantom import embed_xray
     from sonogate.tasks.spine.ply import read_ply
     from sonogate.tasks.spine.train import net_config
 
@@ -35,7 +38,7 @@ def test_export_writes_a_bundle_the_runtime_runs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    net = CompletionNet("early+late")
+    net = CompletionNet("early+late", xray_embedding=embedding)
     torch.save({"mode": "early+late", "net_config": net_config(net), "model": net.state_dict(), "state": {}},
                run / "checkpoint.pt")
     lines: list[str] = []
@@ -51,8 +54,16 @@ def test_export_writes_a_bundle_the_runtime_runs(tmp_path):
     assert bundle.manifest["spine"]["levels"] == ["L4"]
     model = create_model(bundle, device="ort-cpu")
     assert model.adapter.input_names == ("us_points", "xray_points")
+    assert bundle.manifest["spine"]["network"]["xray_embedding"] == embedding
+    assert bundle.manifest["spine"]["xray_geometry"]["embedding"] == embedding
     us = read_ply(CASE / "us_partial.ply").points.astype(np.float32)
-    xray = read_ply(CASE / "xray_points.ply").points.astype(np.float32)
+    cloud = read_ply(CASE / "xray_points.ply")
+    xray = embed_xray(cloud.points, cloud.properties["path_mm"], embedding)
+    # the wrapper makes the same X-ray input from the radiograph alone, embedded as the bundle says
+    grey = cv2.imread(str(CASE / "xray.png"), cv2.IMREAD_GRAYSCALE)
+    made = model.case_inputs({"us_partial": CASE / "us_partial.ply", "xray": grey}, [])["xray_points"]
+    assert np.allclose(made, xray, atol=1e-3)
+    assert (made[:, 0].max() > 5.0) == (embedding == "half_path")  # millimetres of bone, or the plane x = 0
     first, second = model.complete(us, xray), model.complete(us, xray)
     assert first["completed"].shape == (2048, 3) and np.array_equal(first["completed"], second["completed"])
     with torch.no_grad():

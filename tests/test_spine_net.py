@@ -287,3 +287,48 @@ def test_xray_centre_takes_y_and_z_from_the_silhouette(torch):
     assert torch.allclose(centre_x[..., 1:], xray[..., 1:].mean(dim=1, keepdim=True))
     with pytest.raises(SonogateError, match="normalisation centre"):
         CompletionNet("early+late", centre="skin")
+
+
+def test_half_path_embedding_puts_the_seed_at_the_measured_lateral_walls(torch):
+    """With the "half_path" embedding the X-ray cloud's x is half the bone path length: the encoders see it as a
+    feature, the seed lifts each point to -/+ that distance from the mid-sagittal plane (before its learned
+    offset), and the centre is unaffected by it."""
+    from sonogate.tasks.spine.net import SCALE_MM, CompletionNet
+
+    us, xray = _inputs(torch)
+    half = torch.full_like(xray[..., :1], 12.0)  # 24 mm of bone along every ray
+    embedded = torch.cat([half, xray[..., 1:]], dim=2)
+    net = CompletionNet("early+late", n_coarse=128, centre="xray", xray_embedding="half_path").eval()
+    plane = CompletionNet("early+late", n_coarse=128, centre="xray").eval()
+    _, described, centre = net.normalise(us, embedded)
+    _, _, centre_plane = plane.normalise(us, xray)
+    assert torch.allclose(centre, centre_plane)  # the path lengths do not move the centre
+    assert torch.allclose(described[..., :1], half / SCALE_MM)
+    points, half_path = net.seed_points(described, centre)
+    assert torch.allclose(points[..., 0], -centre[..., 0] / SCALE_MM)  # x = 0 mm: the mid-sagittal plane
+    assert torch.allclose(half_path, torch.full_like(half_path, 12.0 / SCALE_MM))
+    # with its last layer zeroed the seed's offsets vanish: the copies sit exactly at -/+ the half path
+    with torch.no_grad():
+        net.xray_seed.mlp[-1].weight.zero_()
+        net.xray_seed.mlp[-1].bias.zero_()
+        lifted = net.xray_seed(points, torch.zeros(1, 256), half_path).reshape(1, -1, 2, 3)
+    walls_mm = lifted[..., 0] * SCALE_MM + centre[..., :1]
+    assert torch.allclose(walls_mm[..., 0], torch.full_like(walls_mm[..., 0], -12.0), atol=1e-4)
+    assert torch.allclose(walls_mm[..., 1], torch.full_like(walls_mm[..., 1], 12.0), atol=1e-4)
+    with torch.no_grad():
+        out = net(us, embedded)
+    assert out["completed"].shape == (1, 512, 3) and torch.isfinite(out["completed"]).all()
+    with pytest.raises(SonogateError, match="X-ray embedding"):
+        CompletionNet("early+late", xray_embedding="depth")
+
+
+def test_embed_xray_writes_half_the_path_length_into_x():
+    from sonogate.tasks.spine.phantom import embed_xray
+
+    points = np.array([[0.0, 1.0, 2.0], [0.0, -3.0, 4.0]])
+    path = np.array([10.0, 3.0])
+    assert np.array_equal(embed_xray(points, path, "plane"), points.astype(np.float32))
+    assert np.allclose(embed_xray(points, path, "half_path"), [[5.0, 1.0, 2.0], [1.5, -3.0, 4.0]])
+    assert np.array_equal(points[:, 0], [0.0, 0.0])  # the caller's array is not changed
+    with pytest.raises(DataError, match="unknown X-ray embedding"):
+        embed_xray(points, path, "depth")

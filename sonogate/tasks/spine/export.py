@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sonogate.errors import DataError, SonogateError
+from sonogate.tasks.spine import phantom as spine_phantom
 
 FLOAT_FILE, INT8_FILE, PARITY_FILE = "model.onnx", "model.int8.onnx", "parity.json"
 INT8_CD_TOLERANCE = 0.05  # INT8 body and arch CD-L2 at most 5 % above fp32
@@ -189,7 +190,8 @@ def export_spine_bundle(run_dir, out, data=None, calib_cases: int = 64, latency_
     data = data or report.get("data")
     if not data:
         raise DataError("no phantom data: pass --data DIR (the run's metrics.json names none)")
-    cases = load_folders(data)
+    embedding = (ckpt.get("net_config") or {}).get("xray_embedding", "plane")
+    cases = load_folders(data, embedding)
     train, val, test = split_cases(cases, report.get("val_sources") or [])
     if len(test) == 0 or len(train) == 0:
         raise DataError(f"{data} has no held-out test cases or no training cases")
@@ -266,7 +268,11 @@ def export_spine_bundle(run_dir, out, data=None, calib_cases: int = 64, latency_
                   "input_ranges_observed": ranges["observed_on_training_cases"],
                   "xray_geometry": {"size_px": 256, "pixel_mm": 0.5, "pixel_00_centre_yz_mm": [-63.75, 63.75],
                                     "columns": "y anterior -> posterior", "rows": "z superior -> inferior",
-                                    "registered": "to the ultrasound frame (x lateral, y posterior, z superior)"},
+                                    "registered": "to the ultrasound frame (x lateral, y posterior, z superior)",
+                                    "mu_per_mm": spine_phantom.XRAY_MU_PER_MM,
+                                    "embedding": embedding,
+                                    "embedding_note": "xray_points x: 0 (plane) or half the bone path length in mm "
+                                                      "(half_path), from grey = 255 (1 - exp(-mu L))"},
                   "network": {**ckpt.get("net_config", {"mode": ckpt["mode"]}), "best_epoch":
                               (ckpt.get("state") or {}).get("best_epoch"), "epochs": (ckpt.get("state") or {}).get("epoch")},
                   "run_test_figures": {part: {k: round(v, 4) for k, v in (mode_report.get("test") or {}).get(part, {}).items()

@@ -9,8 +9,9 @@ one vertebra in, the completed vertebra (2,048 points, mm, in the ultrasound's f
 1. reads and checks both (``inputs``: empty / NaN / too few points / not millimetres; a colour, wrongly sized or
    non-lateral radiograph; an ultrasound cloud off the X-ray silhouette; mismatched or untrained levels): any
    failure is a ``DataError`` (one line; the case's row says error and no file is written);
-2. makes the 2.5D X-ray cloud from the image with ``phantom.xray_cloud`` (the code that made the training data)
-   and brings the ultrasound cloud to 2,048 points (``inputs.model_points``, noted when it resamples);
+2. makes the 2.5D X-ray cloud from the image with ``phantom.xray_cloud`` (the code that made the training data),
+   embedded as the bundle's network was trained (``spine.network.xray_embedding``: x = 0, or half the bone path
+   length, ``phantom.embed_xray``) and brings the ultrasound cloud to 2,048 points (``inputs.model_points``, noted when it resamples);
 3. runs the graph (``us_points``, ``xray_points`` -> ``completed``, ``coarse``): deterministic, no sampling.
 
 Level: ``meta.json`` beside the inputs (``level``, or ``us_level`` / ``xray_level``) when present, else "unknown"
@@ -57,6 +58,10 @@ class SpineCompletionModel(InputModel):
         self.trained_levels = tuple(str(level) for level in block.get("levels", ()))
         if not self.trained_levels:
             raise BundleError(f"spine bundle {bundle.path} names no trained levels")
+        # bundles from before the embedding existed fed the plane embedding
+        self.xray_embedding = str((block.get("network") or {}).get("xray_embedding", "plane"))
+        if self.xray_embedding not in ("plane", "half_path"):
+            raise BundleError(f"spine bundle {bundle.path}: unknown X-ray embedding {self.xray_embedding!r}")
 
     # -- the three steps -------------------------------------------------------------------------------------
     def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -66,7 +71,7 @@ class SpineCompletionModel(InputModel):
     def case_inputs(self, frames: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
         """Read and check one case (``frames``: view -> path of the cloud / decoded radiograph). Returns
         {"us_points", "xray_points" (2048, 3) float32, "xray_grey", "us_raw" (n, 3), "level", "overlap"}."""
-        from sonogate.tasks.spine.phantom import xray_cloud
+        from sonogate.tasks.spine.phantom import embed_xray, xray_cloud
 
         missing = [view for view in (US_VIEW, XRAY_VIEW) if view not in frames]
         if missing:
@@ -79,8 +84,9 @@ class SpineCompletionModel(InputModel):
         grey = spine_inputs.xray_grey(frames[XRAY_VIEW])
         spine_inputs.check_lateral_view(grey, self.ranges)
         overlap = spine_inputs.check_overlap(us_raw, grey, self.ranges)
-        xray_points, _ = xray_cloud(grey)
-        return {"us_points": spine_inputs.model_points(us_raw, notes), "xray_points": xray_points.astype(np.float32),
+        xray_points, path_mm = xray_cloud(grey)
+        return {"us_points": spine_inputs.model_points(us_raw, notes),
+                "xray_points": embed_xray(xray_points, path_mm, self.xray_embedding),
                 "xray_grey": grey, "us_raw": us_raw, "level": level, "overlap": overlap}
 
     def complete(self, us_points: np.ndarray, xray_points: np.ndarray) -> dict[str, np.ndarray]:

@@ -60,6 +60,9 @@ SCALE_MM = 100.0  # the paper's unit: mm / 100
 LATENT_SIZE = 64
 FEATURE_SIZE = 256
 N_NEIGHBOURS = 8
+# how the X-ray cloud's lost lateral coordinate is filled: "plane" x = 0 (the paper's z-embedding),
+# "half_path" x = half the bone path length along the ray (mm; Beer-Lambert from the pixel: phantom.xray_cloud)
+XRAY_EMBEDDINGS = ("plane", "half_path")
 SEED_HALF_WIDTH = 0.15  # initial lateral offset of the lifted X-ray seed points: 15 mm, a lumbar body's half width
 COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
 INPUT_NAMES = ("us_points", "xray_points")
@@ -253,10 +256,20 @@ class XraySeed(nn.Module):
         self.register_buffer("sides", torch.tensor([[-SEED_HALF_WIDTH, 0.0, 0.0], [SEED_HALF_WIDTH, 0.0, 0.0]]),
                              persistent=False)
 
-    def forward(self, points: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, feature: torch.Tensor,
+                half_path: torch.Tensor | None = None) -> torch.Tensor:
+        """``points`` (B, K, 3) at the mid-sagittal plane; ``half_path`` (B, K, 1) normalised, or None: each
+        point's half path length through bone (the ``half_path`` embedding), which then sets the two copies'
+        lateral offsets -/+ half_path instead of -/+ SEED_HALF_WIDTH and is an input of the MLP."""
         batch, k, _ = points.shape
-        offsets = self.mlp(self.point(points) + self.feature(feature).unsqueeze(1)).reshape(batch, k, 2, 3)
-        lifted = points.unsqueeze(2) + self.sides + offsets  # (B, K, 2, 3)
+        described = points if half_path is None else torch.cat([half_path, points[:, :, 1:]], dim=2)
+        offsets = self.mlp(self.point(described) + self.feature(feature).unsqueeze(1)).reshape(batch, k, 2, 3)
+        if half_path is None:
+            sides = self.sides
+        else:  # (B, K, 2, 3): -/+ half_path along x
+            lateral = torch.stack([-half_path, half_path], dim=2)  # (B, K, 2, 1)
+            sides = torch.cat([lateral, torch.zeros_like(lateral), torch.zeros_like(lateral)], dim=3)
+        lifted = points.unsqueeze(2) + sides + offsets  # (B, K, 2, 3)
         return lifted.reshape(batch, 2 * k, 3)
 
 
@@ -266,20 +279,29 @@ class CompletionNet(nn.Module):
     ``n_coarse`` coarse points give 4 x ``n_coarse`` completed ones (512 -> 2,048; smaller only for quick tests).
     ``centre``: "us" centres the inputs on the ultrasound centroid; "xray" (modes using the X-ray) on
     (ultrasound x, X-ray y and z); mode "xray" always on the X-ray centroid.
-    ``xray_seed``: lift X-ray points into half of the coarse cloud (``XraySeed``; only where the mode uses the
-    X-ray at the coarse stage; False: the decoder makes every coarse point, the first version's network).
+    ``xray_seed``: lift X-ray points into ``seed_share`` of the coarse cloud (``XraySeed``; only where the mode
+    uses the X-ray at the coarse stage; False: the decoder makes every coarse point, the first version's network).
+    ``xray_embedding``: what the X-ray cloud's x holds (``XRAY_EMBEDDINGS``).
     """
 
     def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
-                 encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us"):
+                 encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us",
+                 xray_embedding: str = "plane", seed_share: float = 0.5):
         super().__init__()
         if centre not in ("us", "xray"):
             raise SonogateError(f"unknown normalisation centre {centre!r}; expected us or xray")
+        if xray_embedding not in XRAY_EMBEDDINGS:
+            raise SonogateError(f"unknown X-ray embedding {xray_embedding!r}; expected one of {XRAY_EMBEDDINGS}")
         self.mode = mode
         self.centre = centre
+        self.xray_embedding = xray_embedding
         self.n_coarse = n_coarse
         self.sources = mode_sources(mode)
-        self.n_seed = n_coarse // 4 if (xray_seed and self.sources["coarse_xray"]) else 0  # X-ray points lifted
+        if not 0.0 < seed_share < 1.0:
+            raise SonogateError(f"seed_share must be within (0, 1), got {seed_share}")
+        self.seed_share = float(seed_share)
+        # X-ray points lifted (two coarse points each)
+        self.n_seed = round(n_coarse * seed_share / 2) if (xray_seed and self.sources["coarse_xray"]) else 0
         self.xray_seed = XraySeed(feature_size) if self.n_seed else None
         self.latent_size = latent_size
         self.us_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_us"] else None
@@ -297,8 +319,23 @@ class CompletionNet(nn.Module):
                                             nn.Linear(512, (n_coarse - 2 * self.n_seed) * 3))
         self.refiner = Refiner(feature_size, two_sources=self.sources["refine_us"] and self.sources["refine_xray"])
 
+    def split_xray(self, xray_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(X-ray points at the mid-sagittal plane (B, N, 3) mm, their half path length (B, N, 1) mm or None).
+
+        Embedding "half_path": the input's x is half the bone path length the ray crossed, not a position; the
+        points themselves lie at x = 0 (the radiograph's mid-sagittal plane) as in the "plane" embedding."""
+        if self.xray_embedding != "half_path":
+            return xray_points, None
+        half_path = xray_points[:, :, :1]
+        return torch.cat([torch.zeros_like(half_path), xray_points[:, :, 1:]], dim=2), half_path
+
     def normalise(self, us_points: torch.Tensor, xray_points: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(us, xray) mm -> (us, xray) in SCALE_MM units about the centre, and the centre (B, 1, 3) mm."""
+        """(us, xray) mm -> (us, xray) in SCALE_MM units about the centre, and the centre (B, 1, 3) mm.
+
+        With the "half_path" embedding the returned X-ray cloud is (half path / SCALE_MM, y, z) per point: what
+        the encoders and the refinement see (the refinement matches X-ray points in (y, z) only); the seed
+        puts the points back at the mid-sagittal plane (``seed_points``)."""
+        xray_points, half_path = self.split_xray(xray_points)
         if self.mode == "xray":
             centre = xray_points.mean(dim=1, keepdim=True)
         elif self.centre == "xray" and self.mode != "us":
@@ -308,7 +345,10 @@ class CompletionNet(nn.Module):
                                 xray_points[:, :, 1:].mean(dim=1, keepdim=True)], dim=2)
         else:
             centre = us_points.mean(dim=1, keepdim=True)
-        return (us_points - centre) / SCALE_MM, (xray_points - centre) / SCALE_MM, centre
+        xray = (xray_points - centre) / SCALE_MM
+        if half_path is not None:
+            xray = torch.cat([half_path / SCALE_MM, xray[:, :, 1:]], dim=2)
+        return (us_points - centre) / SCALE_MM, xray, centre
 
     def condition(self, us: torch.Tensor, xray: torch.Tensor) -> torch.Tensor:
         """Global feature (B, F) of the partial inputs the coarse stage uses (early fusion when both)."""
@@ -316,22 +356,31 @@ class CompletionNet(nn.Module):
             return self.fusion(torch.cat([self.us_encoder(us), self.xray_encoder(xray)], dim=1))
         return self.us_encoder(us) if self.us_encoder is not None else self.xray_encoder(xray)
 
-    def seed_points(self, xray: torch.Tensor) -> torch.Tensor:
+    def seed_points(self, xray: torch.Tensor,
+                    centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``n_seed`` X-ray points (B, K, 3) the seed lifts: every (N // K)-th point (the phantom's and the
-        runtime's clouds are furthest-point ordered, so a stride spreads them over the silhouette)."""
+        runtime's clouds are furthest-point ordered, so a stride spreads them over the silhouette), at the
+        mid-sagittal plane, and their half path lengths (B, K, 1) (None with the "plane" embedding).
+        ``xray`` as ``normalise`` returns it, ``centre`` (B, 1, 3) mm."""
         stride = max(1, xray.shape[1] // self.n_seed)
-        return xray[:, ::stride][:, :self.n_seed]
+        chosen = xray[:, ::stride][:, :self.n_seed]
+        if self.xray_embedding != "half_path":
+            return chosen, None
+        mid_plane_x = (-centre[:, :, :1] / SCALE_MM).expand(-1, chosen.shape[1], 1)
+        return torch.cat([mid_plane_x, chosen[:, :, 1:]], dim=2), chosen[:, :, :1]
 
-    def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor,
-                      xray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor, xray: torch.Tensor | None = None,
+                      centre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(coarse (B, n_coarse, 3) normalised, the feature the refinement sees (B, F)). ``xray`` (normalised)
-        is needed when the network has an X-ray seed."""
+        and ``centre`` (mm, from ``normalise``) are needed when the network has an X-ray seed."""
         feature = feature + self.generator(latent)
         coarse = self.coarse_decoder(feature).reshape(feature.shape[0], -1, 3)
         if self.xray_seed is not None:
-            if xray is None:
-                raise SonogateError("this completion network lifts X-ray points into its coarse cloud: pass xray")
-            coarse = torch.cat([coarse, self.xray_seed(self.seed_points(xray), feature)], dim=1)
+            if xray is None or centre is None:
+                raise SonogateError("this completion network lifts X-ray points into its coarse cloud: pass xray "
+                                    "and centre")
+            points, half_path = self.seed_points(xray, centre)
+            coarse = torch.cat([coarse, self.xray_seed(points, feature, half_path)], dim=1)
         return coarse, feature
 
     def refine(self, coarse: torch.Tensor, feature: torch.Tensor, us: torch.Tensor,
@@ -359,7 +408,7 @@ class CompletionNet(nn.Module):
         feature = self.condition(us, xray)
         prior_mu, prior_std = _gaussian(self.prior_head(feature))
         if not self.training:
-            coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray)
+            coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray, centre)
             completed = self.refine(coarse, refine_feature, us, xray)
             return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre}
         if complete is None:
@@ -370,9 +419,9 @@ class CompletionNet(nn.Module):
         z_post = post_mu + post_std * torch.randn_like(post_std)
         # the completion path decodes the prior MEAN, exactly as inference does: a decoder trained on samples
         # (VRCNet) meets z = mean as an input it never saw, which measured 1.5-2x worse here
-        coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray)
+        coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray, centre)
         completed = self.refine(coarse, refine_feature, us, xray)
-        coarse_reconstruction, _ = self.decode_coarse(feature, z_post, xray)
+        coarse_reconstruction, _ = self.decode_coarse(feature, z_post, xray, centre)
         kl = (gaussian_kl(torch.zeros_like(post_mu), torch.ones_like(post_std), post_mu, post_std).mean(dim=1)
               + gaussian_kl(post_mu.detach(), post_std.detach(), prior_mu, prior_std).mean(dim=1))
         return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre,

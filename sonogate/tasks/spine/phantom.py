@@ -263,6 +263,22 @@ def xray_cloud(image: np.ndarray, n_points: int = N_POINTS) -> tuple[np.ndarray,
     return points[chosen], length[rows[chosen], cols[chosen]]
 
 
+def embed_xray(points: np.ndarray, path_mm: np.ndarray, embedding: str = "plane") -> np.ndarray:
+    """The network's X-ray input (n, 3) float32 mm from ``xray_cloud``'s points and path lengths.
+
+    "plane": the points as they are (x = 0: the paper's z-embedding, the lateral coordinate lost).
+    "half_path": x = half the bone path length the lateral ray crossed at that pixel, which the radiograph
+    measures (Beer-Lambert): for a convex cross-section like the vertebral body the lateral walls are at
+    -/+ that much from the mid-sagittal plane. Needs the radiograph's attenuation (XRAY_MU_PER_MM) to be known.
+    """
+    points = np.asarray(points, dtype=np.float32).copy()
+    if embedding == "half_path":
+        points[:, 0] = 0.5 * np.asarray(path_mm, dtype=np.float32)
+    elif embedding != "plane":
+        raise DataError(f"unknown X-ray embedding {embedding!r}; expected plane or half_path")
+    return points
+
+
 def _registration_offset(rng, sd_mm: float, sd_deg: float) -> dict:
     angles = np.clip(rng.normal(0.0, 1.0, 3), -3, 3) * sd_deg
     translation = np.clip(rng.normal(0.0, 1.0, 3), -3, 3) * sd_mm

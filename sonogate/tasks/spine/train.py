@@ -20,6 +20,8 @@
   after the other in ``RUN/<mode>/`` and ``RUN/metrics.json`` collects them.
 * ``--no-xray-seed``: the network without the lifted X-ray points in its coarse cloud (``net.XraySeed``), the
   first version; the checkpoint records the configuration (``net_config``) and refuses to resume another.
+* ``--xray-embedding half_path``: the X-ray cloud's lateral coordinate carries half the bone path length the
+  radiograph measured at that pixel (``phantom.embed_xray``) instead of 0 (``plane``, the paper's z-embedding).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from sonogate.errors import DataError, SonogateError
 from sonogate.tasks.spine import metrics as spine_metrics
+from sonogate.tasks.spine.phantom import embed_xray
 from sonogate.tasks.spine.ply import read_ply
 
 N_POINTS = 2048
@@ -64,17 +67,24 @@ class CaseSet:
         return len(self.names)
 
 
-def _read_cloud(path: Path) -> np.ndarray:
+def _read_cloud(path: Path, xray_embedding: str | None = None) -> np.ndarray:
+    """(N_POINTS, 3) float32 mm; ``xray_embedding``: an X-ray cloud (with its ``path_mm``), embedded so."""
     if not path.is_file():
         raise DataError(f"missing phantom file: {path}")
-    points = read_ply(path).points
+    cloud = read_ply(path)
+    points = cloud.points
     if points.shape != (N_POINTS, 3) or not np.all(np.isfinite(points)):
         raise DataError(f"expected {N_POINTS} finite points in {path}, got shape {points.shape}")
+    if xray_embedding is not None:
+        if "path_mm" not in cloud.properties:
+            raise DataError(f"{path} lacks the per-point path_mm the X-ray embedding needs")
+        return embed_xray(points, cloud.properties["path_mm"], xray_embedding)
     return points.astype(np.float32)
 
 
-def load_cases(data_dir) -> CaseSet:
-    """Every case folder of ``data_dir`` (sorted by name). Raises ``DataError`` if there is none."""
+def load_cases(data_dir, xray_embedding: str = "plane") -> CaseSet:
+    """Every case folder of ``data_dir`` (sorted by name), the X-ray clouds embedded as ``xray_embedding``
+    (``phantom.embed_xray``). Raises ``DataError`` if there is none."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"phantom folder not found: {root}")
@@ -90,7 +100,7 @@ def load_cases(data_dir) -> CaseSet:
         if meta.get("split") not in ("train", "test") or "source_id" not in meta:
             raise DataError(f"meta.json in {folder} lacks a train/test split or a source_id")
         us.append(_read_cloud(folder / "us_partial.ply"))
-        xray.append(_read_cloud(folder / "xray_points.ply"))
+        xray.append(_read_cloud(folder / "xray_points.ply", xray_embedding))
         complete.append(_read_cloud(folder / "complete.ply"))
         names.append(folder.name)
         sources.append(str(meta["source_id"]))
@@ -100,13 +110,13 @@ def load_cases(data_dir) -> CaseSet:
                    [str(folder) for folder in folders])
 
 
-def load_folders(data_dirs) -> CaseSet:
+def load_folders(data_dirs, xray_embedding: str = "plane") -> CaseSet:
     """``load_cases`` of each folder in ``data_dirs`` (a comma-separated string or a list), concatenated; with
     more than one folder each case name is prefixed by its folder's name."""
     folders = [d.strip() for d in data_dirs.split(",") if d.strip()] if isinstance(data_dirs, str) else list(data_dirs)
     if len(folders) == 1:
-        return load_cases(folders[0])
-    parts = [load_cases(folder) for folder in folders]
+        return load_cases(folders[0], xray_embedding)
+    parts = [load_cases(folder, xray_embedding) for folder in folders]
     return CaseSet(np.concatenate([p.us for p in parts]), np.concatenate([p.xray for p in parts]),
                    np.concatenate([p.complete for p in parts]),
                    [f"{Path(folder).name}/{n}" for folder, p in zip(folders, parts) for n in p.names],
@@ -182,7 +192,8 @@ def train_steps(net, optimiser, cases: CaseSet, rng: np.random.Generator, batch:
         us, xray, complete = cases.us[index].copy(), cases.xray[index].copy(), cases.complete[index].copy()
         if mirror:
             flip = rng.random(len(index)) < 0.5
-            for cloud in (us, xray, complete):
+            # not the X-ray cloud: its x is 0 ("plane") or a path length ("half_path"), never a side
+            for cloud in (us, complete):
                 cloud[flip, :, 0] *= -1.0
         if train_points < N_POINTS:
             us = np.stack([c[rng.choice(N_POINTS, train_points, replace=False)] for c in us])
@@ -200,7 +211,7 @@ def train_steps(net, optimiser, cases: CaseSet, rng: np.random.Generator, batch:
 def net_config(net) -> dict:
     """The constructor arguments that rebuild ``net`` (``CompletionNet(**config)``), kept in checkpoints."""
     return {"mode": net.mode, "n_coarse": net.n_coarse, "xray_seed": net.xray_seed is not None,
-            "centre": net.centre}
+            "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -211,14 +222,17 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre)
+    net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre,
+                        xray_embedding=args.xray_embedding, seed_share=args.seed_share)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
              "rng": np.random.default_rng(args.seed).bit_generator.state}
     if checkpoint_path.is_file():
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        saved_config = {"centre": "us", **saved.get("net_config", net_config(net))}  # runs before centre existed
+        # runs from before the centre and the embedding existed
+        saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5,
+                        **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
                                  f"{mode!r} {net_config(net)}: use another --out")
@@ -295,7 +309,7 @@ def run(args) -> dict:
         raise SonogateError(f"unknown mode(s) {unknown or args.mode!r}; expected {', '.join(MODES)} or all")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = load_folders(args.data)
+    cases = load_folders(args.data, args.xray_embedding)
     val_sources = args.val_sources.split(",") if args.val_sources else default_val_sources(cases)
     train, val, test = split_cases(cases, val_sources)
     if len(test) == 0:
@@ -352,6 +366,10 @@ def parse_args(argv=None):
                         help="normalisation centre of the fusion modes (net.CompletionNet)")
     parser.add_argument("--no-xray-seed", action="store_true",
                         help="no lifted X-ray points in the coarse cloud (the first version's network)")
+    parser.add_argument("--seed-share", type=float, default=0.5,
+                        help="share of the coarse points that are lifted X-ray points (net.XraySeed)")
+    parser.add_argument("--xray-embedding", choices=("plane", "half_path"), default="plane",
+                        help="the X-ray cloud's x: 0 (plane, the paper's) or half the bone path length (half_path)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or not 16 <= args.train_points <= N_POINTS:
         parser.error("--epochs and --batch must be >= 1 and --train-points within 16..2048")
