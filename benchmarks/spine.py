@@ -19,6 +19,10 @@
    to it; rotations about y or z change the silhouette's shape and would need the mesh re-rendered: not swept).
    On top of the phantom's own registration offset (sd 1 mm, 1 deg). Body and arch CD-L2 per step, with the
    ultrasound-only model's test figure as the reference line.
+4. **Attenuation sweep** (bundles whose X-ray embedding is ``half_path``: the cloud's x is half the bone path
+   length read from the pixel through an assumed attenuation): the path lengths scaled by 0.6-1.4, what a
+   radiograph whose attenuation (kVp, filtration, soft-tissue baseline) differs from the assumed one by
+   -40 % .. +40 % would give.
 
 Writes ``spine.json`` and ``spine.md`` under ``--out`` and the sweep plot at ``--img``.
 """
@@ -41,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 PARTS = ("body", "arch", "whole")
 TRANSLATIONS_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)
 ROTATIONS_DEG = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+PATH_SCALES = (0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4)
 
 
 def ablation(runs: dict[str, Path]) -> dict:
@@ -148,6 +153,21 @@ def sweep(bundle, test) -> dict:
     return result
 
 
+def path_scale_sweep(bundle, test) -> list[dict]:
+    """Body / arch CD-L2 with the X-ray cloud's half path lengths (x) scaled by each of ``PATH_SCALES``."""
+    from sonogate.tasks.spine.export import body_arch, run_session
+
+    sess = _session(bundle.model_path(next(iter(bundle.models))), 0)
+    rows = []
+    for scale in PATH_SCALES:
+        scaled = test.xray.copy()
+        scaled[:, :, 0] *= np.float32(scale)
+        figures = body_arch(run_session(sess, test.us, scaled), test.complete)
+        rows.append({"path_scale": scale, **{f"{part}_cd_l2_x1e4": figures[part]["cd_l2_x1e4"] for part in PARTS}})
+        print(f"attenuation sweep x{scale}: body {figures['body']['cd_l2_x1e4']:.2f}", file=sys.stderr)
+    return rows
+
+
 def plot(sweep_result: dict, table: dict, path: Path) -> None:
     import matplotlib
 
@@ -201,6 +221,12 @@ def markdown(result: dict) -> str:
         for row in result["sweep"][key]:
             lines.append(f"| {key} {row['step']:g} {unit} | {row['body_cd_l2_x1e4']:.2f} | "
                          f"{row['arch_cd_l2_x1e4']:.2f} |")
+    if result.get("path_scale_sweep"):
+        lines += ["", "Attenuation sweep (bundle model, test cases; the X-ray cloud's half path lengths scaled, "
+                  "as a wrong assumed attenuation would; CD-L2 x 10^4):", "",
+                  "| path length x | body | arch |", "|---|---|---|"]
+        for row in result["path_scale_sweep"]:
+            lines.append(f"| {row['path_scale']:g} | {row['body_cd_l2_x1e4']:.2f} | {row['arch_cd_l2_x1e4']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -223,8 +249,9 @@ def main(argv=None) -> int:
     runs = {pair.split("=", 1)[0]: Path(pair.split("=", 1)[1]) for pair in args.runs.split(",") if "=" in pair}
     first = json.loads((next(iter(runs.values())) / "metrics.json").read_text())
     val_sources = args.val_sources.split(",") if args.val_sources else first["val_sources"]
-    _, _, test = split_cases(load_folders(args.data), val_sources)
     bundle = load_bundle(args.bundle)
+    embedding = (bundle.manifest.get("spine", {}).get("network") or {}).get("xray_embedding", "plane")
+    _, _, test = split_cases(load_folders(args.data, embedding), val_sources)
     table = ablation(runs)
     result = {"command": "python benchmarks/spine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "data": args.data, "n_test": len(test), "test_sources": sorted(set(test.sources)),
@@ -232,6 +259,9 @@ def main(argv=None) -> int:
               "bundle_sha256": bundle.bundle_hash, "ablation": table,
               "latency": latency(bundle, test, args.runs_latency)}
     result["sweep"] = {"translation": [], "rotation": []} if args.skip_sweep else sweep(bundle, test)
+    result["xray_embedding"] = embedding
+    if embedding == "half_path" and not args.skip_sweep:
+        result["path_scale_sweep"] = path_scale_sweep(bundle, test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spine.json").write_text(json.dumps(result, indent=1) + "\n")

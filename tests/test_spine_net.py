@@ -98,7 +98,7 @@ def test_kl_term_in_training_only_and_inference_is_the_prior_mean(torch):
         n_us, n_xray, centre = net.normalise(us, xray)
         feature = net.condition(n_us, n_xray)
         prior_mu, _ = _gaussian(net.prior_head(feature))
-        coarse, refine_feature = net.decode_coarse(feature, prior_mu, n_xray)
+        coarse, refine_feature = net.decode_coarse(feature, prior_mu, n_xray, centre)
         by_hand = net.refine(coarse, refine_feature, n_us, n_xray) * SCALE_MM + centre
     assert torch.allclose(result["completed"], by_hand, atol=1e-5)
     with pytest.raises(SonogateError, match="unknown completion mode"):
@@ -332,3 +332,49 @@ def test_embed_xray_writes_half_the_path_length_into_x():
     assert np.array_equal(points[:, 0], [0.0, 0.0])  # the caller's array is not changed
     with pytest.raises(DataError, match="unknown X-ray embedding"):
         embed_xray(points, path, "depth")
+
+
+def test_seed_copies_spread_each_point_over_its_width(torch):
+    """Four copies per seeded point sit at -1, -1/3, +1/3, +1 times the point's half path (offsets zeroed), and
+    the decoder makes the rest of the coarse cloud."""
+    from sonogate.tasks.spine.net import CompletionNet
+
+    net = CompletionNet("early+late", n_coarse=128, xray_embedding="half_path", seed_share=0.75,
+                        seed_copies=4).eval()
+    assert net.n_seed == 24 and net.coarse_decoder[-1].out_features == (128 - 96) * 3
+    points = torch.zeros(1, 3, 3)
+    half_path = torch.tensor([[[0.06], [0.09], [0.12]]])
+    with torch.no_grad():
+        net.xray_seed.mlp[-1].weight.zero_()
+        net.xray_seed.mlp[-1].bias.zero_()
+        lifted = net.xray_seed(points, torch.zeros(1, 256), half_path).reshape(1, 3, 4, 3)
+    expected = half_path * torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])
+    assert torch.allclose(lifted[..., 0], expected, atol=1e-6)
+    us, xray = _inputs(torch)
+    with torch.no_grad():
+        out = net(us, xray)
+    assert out["coarse"].shape == (1, 128, 3) and out["completed"].shape == (1, 512, 3)
+    with pytest.raises(SonogateError, match="at least 2 copies"):
+        CompletionNet("early+late", seed_copies=1)
+
+
+def test_dual_centre_encodes_the_xray_in_its_own_frame(torch):
+    """Centre "dual": the output frame is the ultrasound's, and moving the whole X-ray cloud in (y, z) changes
+    the X-ray encoder's input by nothing: only the fusion's shift input moves with it."""
+    from sonogate.tasks.spine.net import CompletionNet
+
+    us, xray = _inputs(torch)
+    net = CompletionNet("early+late", n_coarse=128, centre="dual", xray_embedding="half_path").eval()
+    assert net.fusion[0].in_features == 2 * 256 + 2
+    _, _, centre = net.normalise(us, xray)
+    assert torch.allclose(centre, us.mean(dim=1, keepdim=True))
+    n_us, n_xray, _ = net.normalise(us, xray)
+    moved = xray.clone()
+    moved[:, :, 1:] += torch.tensor([5.0, -3.0])
+    _, n_moved, _ = net.normalise(us, moved)
+    shift, shift_moved = net.xray_frame_shift(n_xray), net.xray_frame_shift(n_moved)
+    assert torch.allclose(n_xray - shift, n_moved - shift_moved, atol=1e-6)
+    assert torch.allclose((shift_moved - shift)[0, 0], torch.tensor([0.0, 0.05, -0.03]), atol=1e-6)
+    with torch.no_grad():
+        out = net(us, xray)
+    assert out["completed"].shape == (1, 512, 3)

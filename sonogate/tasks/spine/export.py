@@ -16,7 +16,9 @@ Steps:
 3. Parity on the held-out test cases (source shapes never deformed for training): body / arch CD-L2 x 10^4 of
    fp32 and INT8 against the truth, the INT8 - fp32 point distance, and ORT latency (batch 1, 1 and 2
    threads, p50 / p90). INT8 ships only when its body and arch CD-L2 are within ``INT8_CD_TOLERANCE`` of
-   fp32 and it is faster; otherwise fp32 ships and parity.json says why. Only the shipped model is kept.
+   fp32 and, with ``--prefer speed`` (the default), it is faster at 2 threads; with ``--prefer size`` (a
+   bundle committed to the repository: a third of the bytes) its accuracy suffices. Otherwise fp32 ships;
+   parity.json says which and why. Only the shipped model is kept.
 4. ``spine`` manifest block: the input ranges measured on the training cases (``inputs.InputRanges``, widened
    by the margins below), the levels trained on, the network's mode and configuration, the run's test figures.
 """
@@ -174,7 +176,7 @@ def body_arch(predicted: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def export_spine_bundle(run_dir, out, data=None, calib_cases: int = 64, latency_runs: int = 30,
-                        force: bool = False, log=print) -> str:
+                        force: bool = False, log=print, prefer: str = "speed") -> str:
     """Write the bundle folder ``out`` from the training run ``run_dir`` (module docstring). ``data``: the phantom
     folder(s) (default: the run's metrics.json ``data``). Returns the manifest sha256."""
     import torch
@@ -240,9 +242,12 @@ def export_spine_bundle(run_dir, out, data=None, calib_cases: int = 64, latency_
     meets = all(w <= INT8_CD_TOLERANCE for w in worse.values())
     int8_block["cd_l2_increase_vs_float"] = {k: round(v, 4) for k, v in worse.items()}
     int8_block["meets_goal"] = bool(meets)
-    ship_int8 = meets and faster
+    if prefer not in ("speed", "size"):
+        raise SonogateError(f"prefer must be speed or size, got {prefer!r}")
+    ship_int8 = meets and (faster or prefer == "size")
     reason = (f"INT8 body / arch CD-L2 {worse['body']:+.1%} / {worse['arch']:+.1%} vs fp32 (limit "
-              f"+{INT8_CD_TOLERANCE:.0%}); 2-thread p50 {q8['latency'][1]['p50_ms']} vs {fl['latency'][1]['p50_ms']} ms")
+              f"+{INT8_CD_TOLERANCE:.0%}); 2-thread p50 {q8['latency'][1]['p50_ms']} vs {fl['latency'][1]['p50_ms']} ms; "
+              f"preferring {prefer}")
     parity["models"]["int8"] = int8_block
     parity["shipped"] = {"variant": "int8" if ship_int8 else "float",
                          "reason": reason + (": INT8 kept" if ship_int8 else ": fp32 kept, INT8 not shipped")}
@@ -304,11 +309,14 @@ def add_export_parser(subparsers) -> None:
     parser.add_argument("--calib-cases", type=int, default=64)
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--force", action="store_true", help="replace an existing bundle folder's files")
+    parser.add_argument("--prefer", choices=("speed", "size"), default="speed",
+                        help="INT8 ships when accurate and faster (speed) or accurate (size: for a committed bundle)")
     parser.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    export_spine_bundle(args.run, args.out, args.data, args.calib_cases, args.latency_runs, args.force)
+    export_spine_bundle(args.run, args.out, args.data, args.calib_cases, args.latency_runs, args.force,
+                        prefer=args.prefer)
     return 0
 
 

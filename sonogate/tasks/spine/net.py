@@ -63,6 +63,7 @@ N_NEIGHBOURS = 8
 # how the X-ray cloud's lost lateral coordinate is filled: "plane" x = 0 (the paper's z-embedding),
 # "half_path" x = half the bone path length along the ray (mm; Beer-Lambert from the pixel: phantom.xray_cloud)
 XRAY_EMBEDDINGS = ("plane", "half_path")
+CENTRES = ("us", "xray", "dual")
 SEED_HALF_WIDTH = 0.15  # initial lateral offset of the lifted X-ray seed points: 15 mm, a lumbar body's half width
 COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
 INPUT_NAMES = ("us_points", "xray_points")
@@ -242,35 +243,41 @@ class Refiner(nn.Module):
 
 
 class XraySeed(nn.Module):
-    """Lift X-ray silhouette points (B, K, 3), x = 0, into 2K coarse surface points (B, 2K, 3), normalised units.
+    """Lift X-ray silhouette points (B, K, 3), x = 0, into C K coarse surface points (B, C K, 3), normalised units.
 
-    Each point gets two copies at x = -/+ SEED_HALF_WIDTH plus an offset (dx, dy, dz) per copy predicted from
-    its (y, z) and the coarse feature (B, F): the near and far wall a lateral ray crosses.
+    Each point gets ``copies`` (C) copies spread evenly over x = -w .. +w, w = SEED_HALF_WIDTH (or the point's half
+    path length with the "half_path" embedding), plus an offset (dx, dy, dz) per copy predicted from the point and
+    the coarse feature (B, F). Two copies: the near and far wall a lateral ray crosses; more: points between them
+    as well, which the offsets can move onto the end plates (flat surfaces a lateral ray runs along, which the
+    two walls alone leave empty).
     """
 
-    def __init__(self, feature_size: int = FEATURE_SIZE, hidden: int = 128):
+    def __init__(self, feature_size: int = FEATURE_SIZE, hidden: int = 128, copies: int = 2):
         super().__init__()
+        if copies < 2:
+            raise SonogateError(f"the X-ray seed needs at least 2 copies per point, got {copies}")
+        self.copies = copies
         self.point = nn.Linear(3, hidden)
         self.feature = nn.Linear(feature_size, hidden)
-        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 6))
-        self.register_buffer("sides", torch.tensor([[-SEED_HALF_WIDTH, 0.0, 0.0], [SEED_HALF_WIDTH, 0.0, 0.0]]),
-                             persistent=False)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 3 * copies))
+        self.register_buffer("fractions", torch.linspace(-1.0, 1.0, copies), persistent=False)
 
-    def forward(self, points: torch.Tensor, feature: torch.Tensor,
-                half_path: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, feature: torch.Tensor, half_path: torch.Tensor | None = None,
+                frame_shift: torch.Tensor | None = None) -> torch.Tensor:
         """``points`` (B, K, 3) at the mid-sagittal plane; ``half_path`` (B, K, 1) normalised, or None: each
-        point's half path length through bone (the ``half_path`` embedding), which then sets the two copies'
-        lateral offsets -/+ half_path instead of -/+ SEED_HALF_WIDTH and is an input of the MLP."""
+        point's half path length through bone (the ``half_path`` embedding), which then sets the copies' lateral
+        spread instead of SEED_HALF_WIDTH and is an input of the MLP. ``frame_shift`` (B, 1, 3) or None: the
+        MLP sees the points' positions less this (the X-ray's own frame); the copies stay where the points are."""
         batch, k, _ = points.shape
-        described = points if half_path is None else torch.cat([half_path, points[:, :, 1:]], dim=2)
-        offsets = self.mlp(self.point(described) + self.feature(feature).unsqueeze(1)).reshape(batch, k, 2, 3)
-        if half_path is None:
-            sides = self.sides
-        else:  # (B, K, 2, 3): -/+ half_path along x
-            lateral = torch.stack([-half_path, half_path], dim=2)  # (B, K, 2, 1)
-            sides = torch.cat([lateral, torch.zeros_like(lateral), torch.zeros_like(lateral)], dim=3)
-        lifted = points.unsqueeze(2) + sides + offsets  # (B, K, 2, 3)
-        return lifted.reshape(batch, 2 * k, 3)
+        described = points if frame_shift is None else points - frame_shift
+        if half_path is not None:
+            described = torch.cat([half_path, described[:, :, 1:]], dim=2)
+        offsets = self.mlp(self.point(described) + self.feature(feature).unsqueeze(1)).reshape(batch, k, self.copies, 3)
+        width = SEED_HALF_WIDTH if half_path is None else half_path.unsqueeze(3)  # scalar or (B, K, 1, 1)
+        lateral = (self.fractions.reshape(1, 1, -1, 1) * width).expand(batch, k, self.copies, 1)
+        sides = torch.cat([lateral, torch.zeros_like(lateral), torch.zeros_like(lateral)], dim=3)  # (B, K, C, 3)
+        lifted = points.unsqueeze(2) + sides + offsets
+        return lifted.reshape(batch, self.copies * k, 3)
 
 
 class CompletionNet(nn.Module):
@@ -278,7 +285,10 @@ class CompletionNet(nn.Module):
 
     ``n_coarse`` coarse points give 4 x ``n_coarse`` completed ones (512 -> 2,048; smaller only for quick tests).
     ``centre``: "us" centres the inputs on the ultrasound centroid; "xray" (modes using the X-ray) on
-    (ultrasound x, X-ray y and z); mode "xray" always on the X-ray centroid.
+    (ultrasound x, X-ray y and z); mode "xray" always on the X-ray centroid; "dual": the output frame on the
+    ultrasound centroid (the arch the probe sees stays in its own frame), while the X-ray encoder and the seed's
+    offsets see the X-ray cloud about its own (y, z) centroid (the body it shows stays in its frame), and the
+    fusion is told where that centroid sits.
     ``xray_seed``: lift X-ray points into ``seed_share`` of the coarse cloud (``XraySeed``; only where the mode
     uses the X-ray at the coarse stage; False: the decoder makes every coarse point, the first version's network).
     ``xray_embedding``: what the X-ray cloud's x holds (``XRAY_EMBEDDINGS``).
@@ -286,10 +296,10 @@ class CompletionNet(nn.Module):
 
     def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
                  encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us",
-                 xray_embedding: str = "plane", seed_share: float = 0.5):
+                 xray_embedding: str = "plane", seed_share: float = 0.5, seed_copies: int = 2):
         super().__init__()
-        if centre not in ("us", "xray"):
-            raise SonogateError(f"unknown normalisation centre {centre!r}; expected us or xray")
+        if centre not in CENTRES:
+            raise SonogateError(f"unknown normalisation centre {centre!r}; expected one of {CENTRES}")
         if xray_embedding not in XRAY_EMBEDDINGS:
             raise SonogateError(f"unknown X-ray embedding {xray_embedding!r}; expected one of {XRAY_EMBEDDINGS}")
         self.mode = mode
@@ -300,23 +310,27 @@ class CompletionNet(nn.Module):
         if not 0.0 < seed_share < 1.0:
             raise SonogateError(f"seed_share must be within (0, 1), got {seed_share}")
         self.seed_share = float(seed_share)
-        # X-ray points lifted (two coarse points each)
-        self.n_seed = round(n_coarse * seed_share / 2) if (xray_seed and self.sources["coarse_xray"]) else 0
-        self.xray_seed = XraySeed(feature_size) if self.n_seed else None
+        self.seed_copies = int(seed_copies)
+        # X-ray points lifted (seed_copies coarse points each)
+        self.n_seed = (round(n_coarse * seed_share / seed_copies)
+                       if (xray_seed and self.sources["coarse_xray"]) else 0)
+        self.xray_seed = XraySeed(feature_size, copies=seed_copies) if self.n_seed else None
         self.latent_size = latent_size
         self.us_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_us"] else None
         self.xray_encoder = PointEncoder(3, encoder_width, feature_size) if self.sources["coarse_xray"] else None
         self.complete_encoder = PointEncoder(3, encoder_width, feature_size)
         both = self.sources["coarse_us"] and self.sources["coarse_xray"]
         # early fusion: the two global features, concatenated, mixed back to one
-        self.fusion = nn.Sequential(nn.Linear(2 * feature_size, 2 * feature_size), nn.ReLU(),
+        # "dual": the X-ray is encoded in its own frame, so the fusion also takes where that frame sits (y, z)
+        self.dual_frame = both and centre == "dual"
+        self.fusion = nn.Sequential(nn.Linear(2 * feature_size + 2 * self.dual_frame, 2 * feature_size), nn.ReLU(),
                                     nn.Linear(2 * feature_size, feature_size), nn.ReLU()) if both else None
         self.prior_head = nn.Sequential(LinearResBlock(feature_size, feature_size),
                                         LinearResBlock(feature_size, 2 * latent_size))
         self.posterior_head = LinearResBlock(feature_size, 2 * latent_size)
         self.generator = LinearResBlock(latent_size, feature_size)
         self.coarse_decoder = nn.Sequential(nn.Linear(feature_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                            nn.Linear(512, (n_coarse - 2 * self.n_seed) * 3))
+                                            nn.Linear(512, (n_coarse - seed_copies * self.n_seed) * 3))
         self.refiner = Refiner(feature_size, two_sources=self.sources["refine_us"] and self.sources["refine_xray"])
 
     def split_xray(self, xray_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -350,9 +364,21 @@ class CompletionNet(nn.Module):
             xray = torch.cat([half_path / SCALE_MM, xray[:, :, 1:]], dim=2)
         return (us_points - centre) / SCALE_MM, xray, centre
 
+    @staticmethod
+    def xray_frame_shift(xray: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 3): the origin of the X-ray's own frame in the normalised one: (0, centroid y, centroid z)."""
+        yz = xray[:, :, 1:].mean(dim=1, keepdim=True)
+        return torch.cat([torch.zeros_like(yz[:, :, :1]), yz], dim=2)
+
     def condition(self, us: torch.Tensor, xray: torch.Tensor) -> torch.Tensor:
-        """Global feature (B, F) of the partial inputs the coarse stage uses (early fusion when both)."""
+        """Global feature (B, F) of the partial inputs the coarse stage uses (early fusion when both). Centre
+        "dual": the X-ray encoder sees the cloud about its own (y, z) centroid and the fusion that centroid's
+        position in the ultrasound-centred frame."""
         if self.fusion is not None:
+            if self.dual_frame:
+                shift = self.xray_frame_shift(xray)
+                return self.fusion(torch.cat([self.us_encoder(us), self.xray_encoder(xray - shift),
+                                              shift[:, 0, 1:]], dim=1))
             return self.fusion(torch.cat([self.us_encoder(us), self.xray_encoder(xray)], dim=1))
         return self.us_encoder(us) if self.us_encoder is not None else self.xray_encoder(xray)
 
@@ -380,7 +406,8 @@ class CompletionNet(nn.Module):
                 raise SonogateError("this completion network lifts X-ray points into its coarse cloud: pass xray "
                                     "and centre")
             points, half_path = self.seed_points(xray, centre)
-            coarse = torch.cat([coarse, self.xray_seed(points, feature, half_path)], dim=1)
+            shift = self.xray_frame_shift(xray) if self.dual_frame else None
+            coarse = torch.cat([coarse, self.xray_seed(points, feature, half_path, shift)], dim=1)
         return coarse, feature
 
     def refine(self, coarse: torch.Tensor, feature: torch.Tensor, us: torch.Tensor,

@@ -211,7 +211,8 @@ def train_steps(net, optimiser, cases: CaseSet, rng: np.random.Generator, batch:
 def net_config(net) -> dict:
     """The constructor arguments that rebuild ``net`` (``CompletionNet(**config)``), kept in checkpoints."""
     return {"mode": net.mode, "n_coarse": net.n_coarse, "xray_seed": net.xray_seed is not None,
-            "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share}
+            "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share,
+            "seed_copies": net.seed_copies}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -223,7 +224,8 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre,
-                        xray_embedding=args.xray_embedding, seed_share=args.seed_share)
+                        xray_embedding=args.xray_embedding, seed_share=args.seed_share,
+                        seed_copies=args.seed_copies)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
@@ -231,7 +233,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
     if checkpoint_path.is_file():
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         # runs from before the centre and the embedding existed
-        saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5,
+        saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
                         **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
@@ -362,12 +364,14 @@ def parse_args(argv=None):
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this many minutes")
     parser.add_argument("--max-steps", type=int, default=None, help="at most this many batches per epoch")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and parity check")
-    parser.add_argument("--centre", choices=("us", "xray"), default="us",
+    parser.add_argument("--centre", choices=("us", "xray", "dual"), default="us",
                         help="normalisation centre of the fusion modes (net.CompletionNet)")
     parser.add_argument("--no-xray-seed", action="store_true",
                         help="no lifted X-ray points in the coarse cloud (the first version's network)")
     parser.add_argument("--seed-share", type=float, default=0.5,
                         help="share of the coarse points that are lifted X-ray points (net.XraySeed)")
+    parser.add_argument("--seed-copies", type=int, default=2,
+                        help="coarse points lifted from each seeded X-ray point, spread over its width (net.XraySeed)")
     parser.add_argument("--xray-embedding", choices=("plane", "half_path"), default="plane",
                         help="the X-ray cloud's x: 0 (plane, the paper's) or half the bone path length (half_path)")
     args = parser.parse_args(argv)
