@@ -45,7 +45,7 @@ class KneeTrainConfig:
     data: str
     out: str
     size: int = 192
-    epochs: int = 7
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 5e-4
