@@ -13,12 +13,16 @@ A lean, CPU-sized version of the paper's VRCNet-based two-stage network, exporta
   on the mean measured 1.5-2x worse in chamfer here). Inference: no sampling, the same output for the same
   input. **Early fusion**: the ultrasound and X-ray global features are concatenated and mixed by an MLP
   before the prior head, so the coarse decoder (an MLP, 512 points) sees both.
-* **X-ray seed** (part of the early fusion, modes with the X-ray at the coarse stage): a strided quarter of
-  ``n_coarse`` X-ray points, each lifted twice out of the mid-sagittal plane (a lateral ray through the bone
-  enters and leaves it: two surface points per silhouette pixel) by a per-point MLP of its position and the
-  coarse feature (initial lateral offsets -/+ ``SEED_HALF_WIDTH``); these replace half of the decoder's coarse
-  points. The silhouette's (y, z) outline, exactly what the ultrasound never sees of the body, so reaches the
-  coarse cloud point by point instead of through one max-pooled global feature.
+* **X-ray seed** (part of the early fusion, modes with the X-ray at the coarse stage): strided X-ray points, each
+  lifted twice (``seed_copies``) out of the mid-sagittal plane (a lateral ray through the bone enters and leaves
+  it: two surface points per silhouette pixel) by a per-point MLP of its position and the coarse feature (initial
+  lateral offsets -/+ ``SEED_HALF_WIDTH``, or -/+ the half path length); they make ``seed_share`` of the coarse
+  cloud (0.5: a quarter of ``n_coarse`` points lifted twice), the decoder the rest. The silhouette's (y, z)
+  outline, exactly what the ultrasound never sees of the body, so reaches the coarse cloud point by point instead
+  of through one max-pooled global feature.
+* **X-ray embedding** (``XRAY_EMBEDDINGS``): "plane" is the paper's (x = 0); "half_path" gives each X-ray point
+  x = half the bone path length its ray crossed (the radiograph measures it), which the encoders see as a
+  feature and the seed uses as the lift width (-/+ L / 2: the lateral walls of a convex cross-section).
 * **Refinement** (deterministic, folding / offset style): every point of the coarse cloud and of the inputs is
   embedded with a one-hot source code (coarse / ultrasound / X-ray: **late fusion**); a global max pool over all
   of them, and for each coarse point local max pools over its 8 nearest ultrasound points (3D) and its 8
