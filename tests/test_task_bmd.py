@@ -323,6 +323,7 @@ def shipped():
     return create_model(SHIPPED, device="ort-cpu")
 
 
+@pytest.mark.torchfree  # the runtime side: a vendor without torch runs this bundle
 def test_shipped_bundle_reads_an_adult_pelvis_with_calibrated_intervals(shipped):
     from sonogate.tasks.bmd import phantom as ph
 
@@ -340,6 +341,7 @@ def test_shipped_bundle_reads_an_adult_pelvis_with_calibrated_intervals(shipped)
         assert row["referral"] == referral(None if decision is None else (decision - 0.858) / 0.120)[0]
 
 
+@pytest.mark.torchfree  # the runtime side: a vendor without torch runs this bundle
 def test_shipped_bundle_never_reads_foreign_images(shipped):
     from sonogate.phantom import hip_us
     from sonogate.tasks.bmd import phantom as ph

@@ -92,7 +92,7 @@ def hip_problem(side: str, hip: HipReading, content: tuple[float, float, float, 
                 checks: Mapping[str, Any]) -> str | None:
     """Why one hip is refused (module docstring), or None. ``content``: (x0, y0, x1, y1) of the image inside the
     letterboxed model input, [0, 1]."""
-    from sonogate.tasks.bmd.net import ROI_SCALE
+    from sonogate.tasks.bmd.spec import ROI_SCALE  # not net.py: that is torch, and this runs without it
 
     if not math.isfinite(hip.bmd) or not np.all(np.isfinite(hip.head)) or not np.all(np.isfinite(hip.neck)):
         return f"{side} hip: no reading (non-finite model output)"

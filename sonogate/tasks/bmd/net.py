@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonogate.tasks.bmd.spec import ROI_SCALE
+
 INPUT_SIZE = 512
 LOCATOR_SIZE = 128  # the locator sees the input average-pooled by 4
 ROI_SOURCE_SIZE = 512  # ROIs are sampled from the full-resolution input (cortex and trabeculae are 2-5 px)
 HEATMAP_SIZE = 32
 ROI_SIZE = 80
-ROI_SCALE = 0.9  # ROI half-side / head-to-neck-box distance (~1 sample per input pixel: neck and head rim)
 EMBED_DIM = 128
 LANDMARKS = ("head_center_r", "neck_box_r", "head_center_l", "neck_box_l")
 SIDE_SIGN = (1.0, -1.0)  # right, left: the left hip's ROI frame is mirrored

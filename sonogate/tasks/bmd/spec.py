@@ -19,6 +19,10 @@ from sonogate.core.task import (
     TaskSpec,
 )
 
+# the neck ROI's half-side / head-to-neck-box distance, shared by the graph (net.py) and the torch-free runtime
+# checks (model.py); ~1 sample per input pixel: neck and head rim
+ROI_SCALE = 0.9
+
 TASK = TaskSpec(
     id="bmd",
     version=1,
