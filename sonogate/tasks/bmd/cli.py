@@ -6,6 +6,7 @@
 ``sonogate bmd export``     RUN -> bundle (the generic writer via parts["exporter"]) + calibration.json bound to it
 ``sonogate bmd calibrate``  (re)write a bundle's calibration.json
 ``sonogate bmd evaluate``   a bundle on a labelled folder: figures, site recalibration on held-out devices, plots
+``sonogate bmd recalibrate`` a bundle for a new device from the site's DEXA-labelled radiographs -> a new bundle
 (``sonogate export RUN --out B`` reaches the same exporter; ``sonogate bmd export`` adds the calibration step.)
 """
 
@@ -99,7 +100,34 @@ def add_cli(subparsers) -> None:
     evaluate.add_argument("--out", required=True, help="folder for evaluation.json and the plots")
     evaluate.add_argument("--site-images", type=positive_int, default=20,
                           help="labelled radiographs of a new device used to recalibrate it")
+    evaluate.add_argument("--site-osteoporotic", type=positive_int, default=None,
+                          help="radiographs of osteoporotic patients added for the site's screening bound "
+                               "(default: the minimum the rank needs, 9 at delta 0.1)")
+    evaluate.add_argument("--site-data", action="append", default=None,
+                          help="labelled folder(s) of the held-out devices (other patients) used for the site study "
+                               "instead of the held-out devices of --data (more osteoporotic hips to judge)")
     evaluate.set_defaults(func=_evaluate)
+
+    recal = sub.add_parser("recalibrate", help="calibrate a bmd bundle for a new device from the site's "
+                                               "DEXA-labelled radiographs (torch-free) -> a new bundle",
+                           description="Half the site's patients refit the affine correction, the other half the "
+                                       "interval radius; the screening bound is fitted on the site's osteoporotic "
+                                       "hips (add DEXA-confirmed osteoporotic patients with --osteoporotic), else "
+                                       "every hip is referred. docs/tasks/bmd.md, 'A new device'.")
+    recal.add_argument("--bundle", required=True, help="the base bmd bundle")
+    recal.add_argument("--data", required=True,
+                       help="site folder: labels.csv (image, patient_id, side R/L, bmd_g_cm2) and the radiographs, "
+                            "a random sample of the site's patients")
+    recal.add_argument("--osteoporotic", default=None,
+                       help="folder in the same layout: radiographs of patients with DEXA-confirmed osteoporosis")
+    recal.add_argument("--out", required=True, help="new folder for the site's bundle")
+    recal.add_argument("--delta", type=float, default=0.1)
+    recal.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    recal.add_argument("--refit", choices=("offset", "affine"), default="offset",
+                       help="offset (default): keep the bundle's slope, refit the device's bias; affine: both "
+                            "(needs many more radiographs)")
+    recal.add_argument("--key", default=None, help="PEM private key: sign the new bundle")
+    recal.set_defaults(func=_recalibrate)
 
 
 def _train(args) -> int:
@@ -142,4 +170,16 @@ def _calibrate(args) -> int:
 def _evaluate(args) -> int:
     from sonogate.tasks.bmd.evaluate import evaluate_main
 
-    return evaluate_main(args.bundle, args.data, args.out, args.site_images)
+    return evaluate_main(args.bundle, args.data, args.out, args.site_images, osteoporotic=args.site_osteoporotic,
+                         site_data=args.site_data)
+
+
+def _recalibrate(args) -> int:
+    import shlex
+    import sys
+
+    from sonogate.tasks.bmd.site import recalibrate_site
+
+    recalibrate_site(args.bundle, args.data, args.out, delta=args.delta, osteoporotic=args.osteoporotic,
+                     seed=args.seed, key=args.key, refit=args.refit, command=shlex.join(sys.argv))
+    return 0

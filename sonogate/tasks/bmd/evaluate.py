@@ -111,7 +111,8 @@ def plots(pred: np.ndarray, true: np.ndarray, ext_pred: np.ndarray, ext_true: np
     return files
 
 
-def evaluate_main(bundle_dir: str, data: str, out: str, site_images: int = 20, draws: int = 50) -> int:
+def evaluate_main(bundle_dir: str, data: str, out: str, site_images: int = 20, draws: int = 50,
+                  osteoporotic: int | None = None, site_data: list[str] | None = None) -> int:
     """Write OUT/evaluation.json and the plots (module docstring); prints a summary line."""
     bundle = load_bundle(bundle_dir)
     calibration = load_calibration(bundle.calibration_path, bundle_hash=bundle.bundle_hash)
@@ -140,13 +141,23 @@ def evaluate_main(bundle_dir: str, data: str, out: str, site_images: int = 20, d
     result["image_check"] = image_check_rates(bundle_dir, folder, splits)
     idx, raw, _ = preds["external"]
     result["devices"] = {}
+    site_folders = [read_bmd_folder(d) for d in site_data or ()]
     for device in HELD_OUT_DEVICES:
         m = folder.devices[idx] == device
         inf = folder.in_field[idx][m]
         block = {"n_images": int(m.sum()), "raw": regression_block(raw[m][inf], folder.bmd[idx][m][inf]),
                  "calibrated": regression_block((cal.a * raw[m] + cal.b)[inf], folder.bmd[idx][m][inf])}
-        block["site_recalibration"] = site_recalibration(raw[m], folder.bmd[idx][m], inf, base, site_images,
-                                                         float(calibration.delta), draws)
+        site_raw, site_true, site_inf = raw[m], folder.bmd[idx][m], inf
+        site_folder = next((f for f in site_folders if np.any(f.devices == device)), None)
+        if site_folder is not None:
+            # a larger pool of the device (other patients) for the site study: more osteoporotic hips to judge
+            keep = np.flatnonzero(site_folder.devices == device)
+            site_raw = bundle_predictions(bundle_dir, site_folder, keep)["bmd"]
+            site_true, site_inf = site_folder.bmd[keep], site_folder.in_field[keep]
+            block["site_data"] = str(site_folder.root.resolve())
+        block["site_recalibration"] = site_recalibration(site_raw, site_true, site_inf, base, site_images,
+                                                         float(calibration.delta), draws,
+                                                         n_osteoporotic=osteoporotic)
         result["devices"][device] = block
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     t_idx, _, t_corr = preds["test"]
