@@ -36,6 +36,7 @@ def _device(rng, n: int, bias: float = 0.04) -> tuple[np.ndarray, np.ndarray, np
     return raw, true, np.ones((n, 2), dtype=bool)
 
 
+@pytest.mark.torchfree
 def test_site_screening_bound_clears_at_most_delta_of_osteoporotic_hips():
     rng = np.random.default_rng(0)
     need = minimum_osteoporotic(DELTA)
@@ -59,6 +60,7 @@ def test_site_screening_bound_clears_at_most_delta_of_osteoporotic_hips():
     assert np.mean(kept_base) > 2 * DELTA  # what the site step did before: a radius from elsewhere breaks it
 
 
+@pytest.mark.torchfree
 def test_too_few_osteoporotic_radiographs_refer_every_hip():
     rng = np.random.default_rng(1)
     raw, true, inf = _device(rng, 20)
