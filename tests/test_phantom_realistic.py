@@ -192,6 +192,34 @@ def test_writer_realistic_style_same_labels_other_pixels(tmp_path):
     assert all(differ)
 
 
+def test_writer_mixes_styles_per_infant_with_the_single_style_labels(tmp_path):
+    import cv2
+
+    kwargs = {"devices": ("A", "B"), "size": 64, "frames_per_sweep": 2, "progress": False}
+    roots = {style: writer.write_us_dataset(tmp_path / style, 24, seed=9, style=style, **kwargs)
+             for style in realistic.STYLES}
+    mixed = writer.write_us_dataset(tmp_path / "mixed", 24, seed=9, style=realistic.STYLES, **kwargs)
+    rows = {}
+    for name, root in {**roots, "mixed": mixed}.items():
+        with open(root / "labels.csv", newline="") as handle:
+            rows[name] = list(csv.DictReader(handle))
+
+    def strip(table):
+        return [{k: v for k, v in row.items() if not k.startswith("lm_")} for row in table]
+
+    assert strip(rows["mixed"]) == strip(rows["schematic"])  # the scene is the seed's, only its look is drawn
+    looks = {}
+    for row in rows["mixed"]:
+        pixels = cv2.imread(str(mixed / row["image"]))
+        look = next(s for s in realistic.STYLES if np.array_equal(pixels, cv2.imread(str(roots[s] / row["image"]))))
+        assert looks.setdefault(row["patient_id"], look) == look  # one look per infant
+        assert {k: v for k, v in row.items() if k.startswith("lm_")} == \
+            {k: v for k, v in next(r for r in rows[look] if r["image"] == row["image"]).items() if k.startswith("lm_")}
+    assert set(looks.values()) == set(realistic.STYLES)
+    with pytest.raises(SonogateError, match="style"):
+        writer.write_us_dataset(tmp_path / "none", 2, 0, size=64, progress=False, style=())
+
+
 def test_cine_realistic_style_keeps_labels():
     plain = [(f[..., 0], lab) for f, lab in cine.sweep_frames(3, 1.0, 6.0, size=64, chrome=False)]
     real = [(f[..., 0], lab) for f, lab in cine.sweep_frames(3, 1.0, 6.0, size=64, chrome=False, style="realistic")]

@@ -1,7 +1,7 @@
 """``sonogate phantom ...``: write synthetic datasets and cines.
 
     sonogate phantom us   --n N --seed S --out DIR [--devices A,B,C] [--frames-per-sweep K] [--chrome]
-                          [--style schematic|realistic] [--orientations horizontal,graf,graf_mirrored]
+                          [--style schematic|realistic|schematic,realistic] [--orientations horizontal,graf,graf_mirrored]
     sonogate phantom cine --seconds T --fps F --seed S --out FILE.mp4 [--no-chrome] [--device A]
                           [--style schematic|realistic] [--orientation horizontal|graf|graf_mirrored]
     sonogate phantom xr | rust | bmd | spine ...   (each task's own, from its spec's parts["phantom_cli"])
@@ -24,6 +24,16 @@ _STYLE_HELP = ("rendering style: schematic (default; what the committed bundle w
 _ORIENTATION_HELP = ("horizontal (as acquired: probe at the top, cranial left), graf (Graf's display: ilium vertical, "
                      "cranial up, probe on the left) or graf_mirrored (probe on the right); default: each device's "
                      "own convention")
+
+
+def _styles_arg(text: str) -> str | tuple[str, ...]:
+    """One style name, or several comma separated (a tuple: one drawn per infant)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in _STYLES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown style {', '.join(unknown) or text!r} (use {' or '.join(_STYLES)}, "
+                                         "or several comma separated)")
+    return names[0] if len(names) == 1 else names
 
 
 def _int_arg(text: str) -> int:
@@ -55,11 +65,12 @@ def cmd_us(args: argparse.Namespace) -> int:
     _positive("size", args.size)
     devices = parse_device_list(args.devices)
     orientations = None if args.orientations is None else parse_orientation_list(args.orientations)
+    styles = (args.style,) if isinstance(args.style, str) else args.style
     out = write_us_dataset(args.out, args.n, args.seed, devices=devices, size=args.size,
                            frames_per_sweep=args.frames_per_sweep, standard_fraction=args.standard_fraction,
                            chrome=args.chrome, progress=True, style=args.style, orientations=orientations)
     shown = "" if orientations is None else f", {'/'.join(orientations)}"
-    print(f"wrote {args.n} phantom ultrasound frames ({', '.join(devices)}, {args.style}{shown}) to {out}")
+    print(f"wrote {args.n} phantom ultrasound frames ({', '.join(devices)}, {'/'.join(styles)}{shown}) to {out}")
     return 0
 
 
@@ -97,7 +108,8 @@ def register(subparsers) -> None:
                     help="share of standard-plane frames (default 0.8)")
     us.add_argument("--size", type=_int_arg, default=256, help="image side in pixels (default 256)")
     us.add_argument("--chrome", action="store_true", help="save the whole scanner screen, not just the image")
-    us.add_argument("--style", choices=_STYLES, default="schematic", help=_STYLE_HELP)
+    us.add_argument("--style", type=_styles_arg, default="schematic", metavar="STYLES",
+                    help=_STYLE_HELP + "; several, comma separated, draw one per infant")
     us.add_argument("--orientations", default=None, metavar="NAMES",
                     help="display orientations, comma separated, one drawn per frame: " + _ORIENTATION_HELP)
     us.set_defaults(func=cmd_us)

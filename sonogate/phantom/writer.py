@@ -92,7 +92,7 @@ def write_us_dataset(
     chrome: bool = False,
     progress: bool = True,
     defects: Sequence[str] = DEFECTS,
-    style: str = "schematic",
+    style: str | Sequence[str] = "schematic",
     orientations: Sequence[str] | None = None,
 ) -> Path:
     """Write ``n`` phantom ultrasound frames and their labels.
@@ -103,7 +103,9 @@ def write_us_dataset(
     uniformly); ``chrome`` save the whole scanner screen (landmarks then in screen pixels, ROI columns give
     the image rectangle) instead of the image alone; ``style`` ``"schematic"`` (default: the look the
     committed bundle was trained on) or ``"realistic"`` (layered soft tissue, thick bone echoes, finer
-    speckle; same labels for the same seed; not recorded in labels.csv); ``orientations`` display orientations
+    speckle; same labels for the same seed; not recorded in labels.csv), or several styles, one drawn per infant
+    from its own random stream (a training set mixing looks; a single style keeps the files exactly as before);
+    ``orientations`` display orientations
     (``hip_us.ORIENTATIONS``: "horizontal", "graf", "graf_mirrored"), one drawn per frame, uniformly, from its
     own random stream seeded by ``seed``, so every frame is the default dataset's frame shown that way (landmarks
     moved with it; the chrome's depth ruler lies along the displayed depth axis) and the ``orientation``
@@ -114,7 +116,11 @@ def write_us_dataset(
     position does on real scans) with sub-millimetre probe jitter; ``patient_id`` is unique per seed, so
     datasets written with different seeds can be pooled.
     """
-    check_style(style)
+    styles = (style,) if isinstance(style, str) else tuple(style)
+    if not styles:
+        raise SonogateError("no phantom style given")
+    for name in styles:
+        check_style(name)
     root = check_dataset_args(out_dir, n, size)
     if not isinstance(frames_per_sweep, (int, np.integer)) or frames_per_sweep <= 0:
         raise SonogateError(f"frames_per_sweep must be a whole number > 0, got {frames_per_sweep!r}")
@@ -135,6 +141,7 @@ def write_us_dataset(
     rng = np.random.default_rng(seed)
     # Its own stream, so the frames are those of the default dataset, only shown another way.
     orientation_rng = np.random.default_rng([seed, 23])
+    style_rng = np.random.default_rng([seed, 29])
 
     def rows() -> Iterable[dict]:
         written = 0
@@ -142,6 +149,8 @@ def write_us_dataset(
         while written < n:
             patient_id = f"s{seed}-p{infant:05d}"
             device = get_device(device_names[int(rng.integers(len(device_names)))])
+            # one look per infant, like one cart per infant
+            infant_style = styles[0] if len(styles) == 1 else styles[int(style_rng.integers(len(styles)))]
             for side in ("R", "L"):
                 hip = sample_hip_params(rng)
                 sweep_id = f"{patient_id}-{side}"
@@ -166,7 +175,7 @@ def write_us_dataset(
                                                                            "no_chondro_osseous", "poor_capsule") else 0.0
                     shift = (float(rng.normal(0, 0.6)), float(rng.normal(0, 0.4)))
                     frame = render_us_frame(hip, rng, device, size, defect, offset, probe_shift_mm=shift,
-                                            probe_rot_deg=float(rng.normal(0, 1.0)), style=style,
+                                            probe_rot_deg=float(rng.normal(0, 1.0)), style=infant_style,
                                             orientation=orientation)
                     name = f"{sweep_id}-f{j:03d}.png"
                     landmarks = frame.landmarks

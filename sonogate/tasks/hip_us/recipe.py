@@ -5,7 +5,10 @@
 The work folder keeps the data, the run (checkpoint.pt, metrics.json) and a calibration set for ``sonogate
 calibrate``. Recipes: ``cpu`` (default) finishes in about 15 minutes on 2 CPU cores; ``gpu`` is the same code with
 more unlabelled frames, longer SimSiam and more augmented head copies (minutes on one GPU, hours on a CPU);
-``quick`` is a smoke test. ``--stage data|train|export`` runs one step, so training can happen on a GPU machine and
+``quick`` is a smoke test; ``cpu_multilook`` is ``cpu`` on twice the labelled frames in both phantom looks (schematic
+and realistic, one per infant) and two display orientations (horizontal, Graf's), the base a vendor ships to
+sites whose scanners look unlike the phantom (benchmarks/site_shift.py holds Graf's mirrored display out).
+``--stage data|train|export`` runs one step, so training can happen on a GPU machine and
 export where the bundle is built (the data are regenerated identically from the seed; keep the same ``--work``
 path on both).
 """
@@ -29,6 +32,9 @@ class HipUsRecipe(DemoRecipe):
     n_calib: int = 300
     finetune_last_stage: bool = False
     ssl_batch: int = 64
+    # the looks and display orientations of every phantom set (None: each device's own convention)
+    styles: tuple[str, ...] = ("schematic",)
+    orientations: tuple[str, ...] | None = None
 
 
 QUICK = HipUsRecipe(
@@ -39,7 +45,10 @@ QUICK = HipUsRecipe(
 GPU = HipUsRecipe(
     n_unlabelled=4000, ssl_epochs=30, ssl_size=128, ssl_lr=0.1, ssl_batch=128, head_epochs=60, head_augment=8
 )
-RECIPES = {"cpu": HipUsRecipe(), "gpu": GPU, "gpu_ft": replace(GPU, finetune_last_stage=True), "quick": QUICK}
+MULTILOOK = HipUsRecipe(n_train=2000, n_unlabelled=1200, styles=("schematic", "realistic"),
+                        orientations=("horizontal", "graf"))
+RECIPES = {"cpu": HipUsRecipe(), "gpu": GPU, "gpu_ft": replace(GPU, finetune_last_stage=True), "quick": QUICK,
+           "cpu_multilook": MULTILOOK}
 STAGES = ("all", "data", "train", "export")
 
 
@@ -55,7 +64,9 @@ def make_demo_bundle(out: str, work: str, seed: int = 0, recipe: HipUsRecipe = H
     summary_path = work_dir / "demo_summary.json"
     summary = json.loads(summary_path.read_text()) if stage == "export" and summary_path.is_file() else {}
     timings = summary.setdefault("timings", {})
-    common = {"size": 256, "frames_per_sweep": 1, "standard_fraction": 0.8, "chrome": False, "progress": progress}
+    common = {"size": 256, "frames_per_sweep": 1, "standard_fraction": 0.8, "chrome": False, "progress": progress,
+              "style": recipe.styles[0] if len(recipe.styles) == 1 else recipe.styles,
+              "orientations": recipe.orientations}
     # Distinct seeds per set: patient ids embed the seed, so no infant is in two sets.
     train, val, calib, unl = (work_dir / n for n in ("train", "val_device_D", "calib", "unlabelled"))
     if stage in ("all", "data"):
