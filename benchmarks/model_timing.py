@@ -1,4 +1,4 @@
-"""Timing shared by the per-task latency scripts (bmd_latency.py, ordinal_latency.py): the model graph alone and
+"""Timing shared by the per-task latency scripts (radiograph_latency.py): the model graph alone and
 the wrapper's whole ``analyze`` step, each after a warm-up, as p50 / p99 / mean milliseconds."""
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Per model variant of the bundle (export with the float model kept to time both: 
 ``--threads`` ORT intra-op threads (default 2: the 2-core box), batch 1:
 * ``graph``: the ONNX graph alone on preprocessed inputs;
 * ``analyze``: the task wrapper's ``analyze`` end to end (checks, letterbox, graph, OOD, sets, decision).
-Writes ``<task>_latency.json`` / ``.md`` under ``--out``. Goals (issue 20): <= 40 ms p50 per knee image, <= 80 ms
-per RUST case.
+Writes ``<task>_latency.json`` / ``.md`` under ``--out``. Goals: <= 40 ms p50 per knee image, <= 80 ms per RUST
+case (issue 20), <= 60 ms per hip radiograph (issue 21).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from model_timing import time_graph_and_analyze
 
-GOALS_P50_MS = {"knee_kl": 40.0, "rust": 80.0}
-UNITS = {"knee_kl": "knee image", "rust": "RUST case (AP + lateral)"}
+GOALS_P50_MS = {"knee_kl": 40.0, "rust": 80.0, "bmd": 60.0}
+UNITS = {"knee_kl": "knee image", "rust": "RUST case (AP + lateral)", "bmd": "hip radiograph"}
 
 
 def inputs(task: str, data: str, n: int) -> list:
@@ -39,6 +39,10 @@ def inputs(task: str, data: str, n: int) -> list:
 
         split = read_knee_split(data, "val")
         return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in split.paths[:n]]
+    if task == "bmd":
+        from sonogate.tasks.bmd.data import read_bmd_folder
+
+        return [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in read_bmd_folder(data).paths[:n]]
     from sonogate.tasks.rust.train import read_rust_folder
 
     folder = read_rust_folder(data)
