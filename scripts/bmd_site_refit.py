@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sonogate.calibration.calfile import load_calibration  # noqa: E402
-from sonogate.core.bundle import load_bundle  # noqa: E402
-from sonogate.tasks.bmd.calibrate import bundle_predictions, site_recalibration  # noqa: E402
-from sonogate.tasks.bmd.data import read_bmd_folder, split_patients  # noqa: E402
+from sonogate.calibration.calfile import load_calibration
+from sonogate.core.bundle import load_bundle
+from sonogate.tasks.bmd.calibrate import bundle_predictions, site_recalibration
+from sonogate.tasks.bmd.data import read_bmd_folder, split_patients
 
 
 def main() -> int:

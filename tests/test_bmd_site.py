@@ -90,7 +90,7 @@ def site(tmp_path_factory):
     from sonogate.tasks.bmd.phantom import write_bmd_phantom
 
     root = tmp_path_factory.mktemp("site")
-    sample = write_bmd_phantom(root / "sample", 24, seed=5, device="E", progress=False)
+    write_bmd_phantom(root / "sample", 24, seed=5, device="E", progress=False)
     pool = write_bmd_phantom(root / "pool", 160, seed=6, device="E", progress=False)
     # the site's DEXA-confirmed osteoporotic patients: the pool's radiographs with an osteoporotic hip
     with open(pool / "labels.csv", newline="") as handle:

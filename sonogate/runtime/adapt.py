@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from sonogate.calibration.site import SiteAdaptation, SiteFrames, SiteOptions, adapt_site
 from sonogate import __version__
-from sonogate.core.bundle import CALIBRATION, MANIFEST, SIGNATURE, Bundle, load_bundle, sha256_file, write_manifest
+from sonogate.calibration.site import SiteAdaptation, SiteFrames, SiteOptions, adapt_site
+from sonogate.core.bundle import CALIBRATION, Bundle, load_bundle, sha256_file
+from sonogate.core.derived import seal_derived_bundle
 from sonogate.errors import BundleError, DataError, SonogateError
 
 HEAD_FILE = "head.npz"
@@ -268,88 +269,74 @@ def write_adapted_bundle(base: Bundle, out: str | Path, adaptation: SiteAdaptati
     ood_file = ood_entry.get("file")
     old_head = (manifest.get(MEASUREMENT_HEAD_KEY) or {}).get("file")
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        for rel in base.manifest["files"]:
-            if rel in (ood_file, old_head):
-                continue
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(base.path / rel, target)
-        features, image = adaptation.ood.get("features"), adaptation.ood.get("image")
-        if features is not None or image is not None:
-            if features is None:  # a bundle with an image check only still needs the feature keys: keep the base's
-                with np.load(base.file(ood_file)) as old:
-                    features = {"mean": old["mean"], "precision": old["precision"], "threshold": float(old["threshold"]),
-                                "percentile": float(old["percentile"]), "shrinkage": 0.0, "n_train": 0, "n_heldout": 0}
-            name = ood_file or "ood.npz"
-            save_ood(out / name, features, image)
-            manifest["ood"] = _ood_block(ood_entry, adaptation.ood)
-            manifest["ood"]["file"] = name
-        transform = data.get("transform") or ""
-        inputs = [dict(entry) for entry in manifest.get("inputs") or ()]
-        if inputs and transform != (inputs[0].get("transform") or ""):
-            # the site's display orientation turned back before the model; older runtimes would ignore it
-            inputs[0]["transform"] = transform
-            if not transform:
-                inputs[0].pop("transform")
-            manifest["inputs"] = inputs
-            manifest["min_runtime"] = __version__
-        manifest.pop(MEASUREMENT_HEAD_KEY, None)
-        head = adaptation.head
-        if head is not None:
-            # a runtime that predates measurement_head would ignore it and apply the site's calibration to the
-            # graph's own output: such runtimes must refuse this bundle
-            manifest["min_runtime"] = __version__
-            np.savez(out / HEAD_FILE, weights=head.weights, bias=head.bias, names=np.array(head.names))
-            manifest[MEASUREMENT_HEAD_KEY] = {
-                "file": HEAD_FILE, "input": "features", "replaces": list(head.names), "method": "ridge",
-                "lambda": head.lambdas, "formula": "value = weights . features + bias (standardisation folded in)",
-                "fitted_on": f"labelled standard-plane frames of the site's fit infants ({head.cv.get('n_frames')} "
-                             f"frames, {head.cv.get('n_groups')} infants), chosen by {head.cv.get('folds')}-fold "
-                             "cross-validation by infant", "model_variant": data.get("model_variant")}
-        cal = adaptation.calibration
-        provenance = dict(manifest.get("provenance") or {})
-        provenance["site_adaptation"] = {
-            "base_bundle": str(base.path), "base_manifest_sha256": base.bundle_hash,
-            "base_task": base.task, "command": command,
-            "data": {k: v for k, v in data.items() if k not in ("model_variant", "transform")},
-            "transform": data.get("transform") or None,
-            "model_variant": data.get("model_variant"),
-            "options": {"delta": float(options.delta), "rule": options.rule, "ridge": options.ridge,
-                        "affine": options.affine, "fit_fraction": options.fit_fraction, "seed": options.seed,
-                        "check_folds": options.check_folds},
-            "n_sweeps": adaptation.summary.get("n_sweeps", 0), "n_infants": data.get("n_infants", 0),
-            "n_usable_sweeps": adaptation.summary.get("n_usable_sweeps"),
-            "n_fit_sweeps": adaptation.summary.get("n_fit_sweeps"),
-            "n_calibration_sweeps": adaptation.summary.get("n_cal_sweeps"),
-            "radii": None if cal is None else {n: m.radius for n, m in cal.measurements.items()},
-            "affine": None if cal is None else {n: {"a": m.a, "b": m.b} for n, m in cal.measurements.items()},
-            "head": None if head is None else {"replaces": list(head.names), "lambda": head.lambdas},
-            "head_cross_validation": adaptation.summary.get("head"),
-            "ood": {k: None if v is None else {"threshold": v["threshold"], "n": v["n_train"],
-                                                "fitted_on": v["fitted_on"]} for k, v in adaptation.ood.items()},
-            "held_out_check": adaptation.check,
-            "calibration": "none: no labelled sweeps; the bundle measures but never recommends" if cal is None
-            else "calibration.json (bound to this manifest)",
-            "wall_s": None if wall_s is None else round(wall_s, 1),
-        }
-        manifest["provenance"] = provenance
-        manifest.pop("files", None)
-        new_hash = write_manifest(out, _json_safe(manifest))
-        if cal is not None:
-            cal.bundle_sha256 = new_hash
-            cal.save(out / CALIBRATION)
-        if key is not None:
-            from sonogate.core.signing import sign_bundle
-
-            sign_bundle(out, key)
-    except BaseException:
-        # never leave a half-written bundle that could be mistaken for a finished one
-        for name in (MANIFEST, CALIBRATION, SIGNATURE):
-            (out / name).unlink(missing_ok=True)
-        raise
-    load_bundle(out)  # every file matches its sha256
-    return new_hash, out
+    for rel in base.manifest["files"]:
+        if rel in (ood_file, old_head):
+            continue
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base.path / rel, target)
+    features, image = adaptation.ood.get("features"), adaptation.ood.get("image")
+    if features is not None or image is not None:
+        if features is None:  # a bundle with an image check only still needs the feature keys: keep the base's
+            with np.load(base.file(ood_file)) as old:
+                features = {"mean": old["mean"], "precision": old["precision"], "threshold": float(old["threshold"]),
+                            "percentile": float(old["percentile"]), "shrinkage": 0.0, "n_train": 0, "n_heldout": 0}
+        name = ood_file or "ood.npz"
+        save_ood(out / name, features, image)
+        manifest["ood"] = _ood_block(ood_entry, adaptation.ood)
+        manifest["ood"]["file"] = name
+    transform = data.get("transform") or ""
+    inputs = [dict(entry) for entry in manifest.get("inputs") or ()]
+    if inputs and transform != (inputs[0].get("transform") or ""):
+        # the site's display orientation turned back before the model; older runtimes would ignore it
+        inputs[0]["transform"] = transform
+        if not transform:
+            inputs[0].pop("transform")
+        manifest["inputs"] = inputs
+        manifest["min_runtime"] = __version__
+    manifest.pop(MEASUREMENT_HEAD_KEY, None)
+    head = adaptation.head
+    if head is not None:
+        # a runtime that predates measurement_head would ignore it and apply the site's calibration to the
+        # graph's own output: such runtimes must refuse this bundle
+        manifest["min_runtime"] = __version__
+        np.savez(out / HEAD_FILE, weights=head.weights, bias=head.bias, names=np.array(head.names))
+        manifest[MEASUREMENT_HEAD_KEY] = {
+            "file": HEAD_FILE, "input": "features", "replaces": list(head.names), "method": "ridge",
+            "lambda": head.lambdas, "formula": "value = weights . features + bias (standardisation folded in)",
+            "fitted_on": f"labelled standard-plane frames of the site's fit infants ({head.cv.get('n_frames')} "
+                         f"frames, {head.cv.get('n_groups')} infants), chosen by {head.cv.get('folds')}-fold "
+                         "cross-validation by infant", "model_variant": data.get("model_variant")}
+    cal = adaptation.calibration
+    provenance = dict(manifest.get("provenance") or {})
+    provenance["site_adaptation"] = {
+        "base_bundle": str(base.path), "base_manifest_sha256": base.bundle_hash,
+        "base_task": base.task, "command": command,
+        "data": {k: v for k, v in data.items() if k not in ("model_variant", "transform")},
+        "transform": data.get("transform") or None,
+        "model_variant": data.get("model_variant"),
+        "options": {"delta": float(options.delta), "rule": options.rule, "ridge": options.ridge,
+                    "affine": options.affine, "fit_fraction": options.fit_fraction, "seed": options.seed,
+                    "check_folds": options.check_folds},
+        "n_sweeps": adaptation.summary.get("n_sweeps", 0), "n_infants": data.get("n_infants", 0),
+        "n_usable_sweeps": adaptation.summary.get("n_usable_sweeps"),
+        "n_fit_sweeps": adaptation.summary.get("n_fit_sweeps"),
+        "n_calibration_sweeps": adaptation.summary.get("n_cal_sweeps"),
+        "radii": None if cal is None else {n: m.radius for n, m in cal.measurements.items()},
+        "affine": None if cal is None else {n: {"a": m.a, "b": m.b} for n, m in cal.measurements.items()},
+        "head": None if head is None else {"replaces": list(head.names), "lambda": head.lambdas},
+        "head_cross_validation": adaptation.summary.get("head"),
+        "ood": {k: None if v is None else {"threshold": v["threshold"], "n": v["n_train"],
+                                            "fitted_on": v["fitted_on"]} for k, v in adaptation.ood.items()},
+        "held_out_check": adaptation.check,
+        "calibration": "none: no labelled sweeps; the bundle measures but never recommends" if cal is None
+        else "calibration.json (bound to this manifest)",
+        "wall_s": None if wall_s is None else round(wall_s, 1),
+    }
+    manifest["provenance"] = provenance
+    manifest.pop("files", None)
+    # no manifest exists until here: a failure above leaves a folder no runtime would load
+    return seal_derived_bundle(out, _json_safe(manifest), cal, key), out
 
 
 def _json_safe(obj):

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration
-from sonogate.core.bundle import CALIBRATION, MANIFEST, SIGNATURE, load_bundle, write_manifest
+from sonogate.core.bundle import load_bundle
+from sonogate.core.derived import seal_derived_bundle
 from sonogate.errors import DataError, SonogateError
 from sonogate.tasks.bmd.calibrate import RULE, fit_site_calibration, minimum_osteoporotic, osteoporotic_images
 
@@ -183,7 +184,7 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
         "base_bundle": str(base.path), "base_manifest_sha256": base.bundle_hash, "command": command,
         "data": str(Path(data).resolve()), "osteoporotic_data": None if extra is None else str(extra.root.resolve()),
         "data_sha256": data_hash, "n_radiographs": len(site.images), "n_refused": site.refused,
-        "n_patients": int(len(patients)), "n_fit_radiographs": int(fit_idx.size),
+        "n_patients": len(patients), "n_fit_radiographs": int(fit_idx.size),
         "n_interval_radiographs": int(conformal_idx.size), "n_osteoporotic_radiographs": n_osteo,
         "delta": delta, "seed": seed, "refit": refit, "affine": {"a": cal["a"], "b": cal["b"]},
         "interval_radius_g_cm2": cal["radius"], "screening_radius_g_cm2": cal["decision_radius"],
@@ -206,47 +207,35 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
 def _write_site_bundle(base, out: Path, cal: dict, summary: dict, key, manifest: dict) -> None:
     manifest = dict(manifest)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        for rel in base.manifest["files"]:
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(base.path / rel, target)
-        provenance = dict(manifest.get("provenance") or {})
-        provenance["site_recalibration"] = dict(summary)
-        manifest["provenance"] = provenance
-        manifest.pop("files", None)
-        new_hash = write_manifest(out, manifest)
-        common = {"a": cal["a"], "b": cal["b"], "radius": cal["radius"], "n": cal["n"], "k": cal["k"],
-                  "delta": summary["delta"]}
-        decision = {**common, "radius": cal["decision_radius"], "n": cal["decision_n"], "k": cal["decision_k"]}
-        calibration = CalibrationFile(
-            delta=summary["delta"], rule=RULE, mode="interval",
-            thresholds={"t_score": -2.5, "bmd_g_cm2": 0.858 - 2.5 * 0.120},
-            measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
-                          "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common),
-                          "bmd_g_cm2_decision": MeasurementCalibration(side="lower", **decision)},
-            bundle_sha256=new_hash, task="bmd",
-            data={"site": summary["data"], "osteoporotic": summary["osteoporotic_data"],
-                  "data_sha256": summary["data_sha256"],
-                  "affine_fit": f"{summary['n_fit_radiographs']} radiographs of half the site's patients",
-                  "conformal": f"{summary['n_interval_radiographs']} radiographs of the other half",
-                  "screening": f"{summary['n_osteoporotic_radiographs']} radiographs with an osteoporotic hip",
-                  "model_variant": "the runtime's (INT8 when the bundle has one)"},
-            guarantee={"what": "P(every in-field hip of a radiograph has its true femoral-neck BMD inside "
-                               "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
-                               "(radius null: every hip referred)",
-                       "unit": "radiograph", "holds_for": "radiographs of this site's device, exchangeable with "
-                                                          "the site radiographs it was calibrated on"},
-            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        calibration.save(out / CALIBRATION)
-        if key is not None:
-            from sonogate.core.signing import sign_bundle
-
-            sign_bundle(out, key)
-    except BaseException:
-        # never leave a half-written bundle that could be mistaken for a finished one
-        for name in (MANIFEST, CALIBRATION, SIGNATURE):
-            (out / name).unlink(missing_ok=True)
-        raise
-    load_bundle(out)  # every file matches its sha256
+    for rel in base.manifest["files"]:
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base.path / rel, target)
+    provenance = dict(manifest.get("provenance") or {})
+    provenance["site_recalibration"] = dict(summary)
+    manifest["provenance"] = provenance
+    manifest.pop("files", None)
+    common = {"a": cal["a"], "b": cal["b"], "radius": cal["radius"], "n": cal["n"], "k": cal["k"],
+              "delta": summary["delta"]}
+    decision = {**common, "radius": cal["decision_radius"], "n": cal["decision_n"], "k": cal["decision_k"]}
+    calibration = CalibrationFile(
+        delta=summary["delta"], rule=RULE, mode="interval",
+        thresholds={"t_score": -2.5, "bmd_g_cm2": 0.858 - 2.5 * 0.120},
+        measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
+                      "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common),
+                      "bmd_g_cm2_decision": MeasurementCalibration(side="lower", **decision)},
+        bundle_sha256=None, task="bmd",  # bound when sealed
+        data={"site": summary["data"], "osteoporotic": summary["osteoporotic_data"],
+              "data_sha256": summary["data_sha256"],
+              "affine_fit": f"{summary['n_fit_radiographs']} radiographs of half the site's patients",
+              "conformal": f"{summary['n_interval_radiographs']} radiographs of the other half",
+              "screening": f"{summary['n_osteoporotic_radiographs']} radiographs with an osteoporotic hip",
+              "model_variant": "the runtime's (INT8 when the bundle has one)"},
+        guarantee={"what": "P(every in-field hip of a radiograph has its true femoral-neck BMD inside "
+                           "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
+                           "(radius null: every hip referred)",
+                   "unit": "radiograph", "holds_for": "radiographs of this site's device, exchangeable with "
+                                                      "the site radiographs it was calibrated on"},
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    seal_derived_bundle(out, manifest, calibration, key)
