@@ -105,3 +105,30 @@ def test_shipped_bundle_refuses_what_is_not_a_knee_radiograph(knee_model, shared
     noise = rng.integers(0, 255, (224, 224), dtype=np.uint8)
     with pytest.raises(DataError, match="not a radiograph like|out of the model"):
         knee_model.analyze(noise, None, [])
+
+
+@pytest.mark.torchfree
+def test_shipped_int8_model_keeps_the_first_convolution_projection_and_head_float():
+    """The layers the exporter keeps float (chosen on val: grade agreement with float 0.926 -> 0.983) read their
+    float weights directly; every other convolution reads a dequantised INT8 weight."""
+    import onnx
+
+    from sonogate.tasks.knee_kl.export import KneeKLExporter
+
+    path = BUNDLE / "model.int8.onnx"
+    if not path.is_file():
+        pytest.skip(f"no shipped knee bundle at {BUNDLE}")
+    graph = onnx.load(str(path)).graph
+    initializers = {t.name: t for t in graph.initializer}
+    kept_float, quantised = [], []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        if weight in initializers and initializers[weight].data_type == onnx.TensorProto.FLOAT:
+            kept_float.append(weight)
+        else:
+            quantised.append(weight)
+    prefixes = KneeKLExporter.float_weight_prefixes
+    assert len(kept_float) == 3 and all(name.startswith(prefixes) for name in kept_float)
+    assert len(quantised) >= 8

@@ -78,6 +78,9 @@ class TaskExporter(ABC):
     openvino_candidates = True  # fp32, the ORT INT8 model as IR and NNCF INT8 compete (else fp32 only, optional)
     int8_fallback = False  # retry INT8 with plain ONNX shape inference and keep a float-only bundle on failure
     quantization_note = "static QDQ per-channel, ONNX Runtime"
+    # weight initializer name prefixes whose Conv / Gemm / MatMul stay float in the INT8 model (None: the heads,
+    # ``sonogate.export.quantize.head_nodes``)
+    float_weight_prefixes: tuple[str, ...] | None = None
     unit = "frames"  # what one parity / calibration input is called in log lines
     latency_threads = "ORT / OpenVINO default threads, median of single-frame calls"
     float_keys: tuple[str, ...] = ()  # which keys of compare(float outputs) parity.json keeps for the float model
@@ -308,7 +311,8 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
     int8_path = None
     if opts.int8:
         log(f"quantising model.int8.onnx on {len(data.x_cal)} calibration {exporter.unit}")
-        int8_path = quantize(float_path, out_dir / INT8_FILE, data.x_cal, log, exporter.int8_fallback)
+        int8_path = quantize(float_path, out_dir / INT8_FILE, data.x_cal, log, exporter.int8_fallback,
+                             exporter.float_weight_prefixes)
         if int8_path is None:
             skipped = "ONNX Runtime quantisation failed on this machine (see the export log)"
             parity["models"]["int8"] = {"skipped": skipped}
@@ -337,17 +341,21 @@ def export_bundle(run_dir: str, out: str, opts: ExportOptions | None = None, log
     return digest
 
 
-def quantize(float_path: Path, int8_path: Path, x_cal: np.ndarray, log: Callable[[str], None], fallback: bool):
+def quantize(float_path: Path, int8_path: Path, x_cal: np.ndarray, log: Callable[[str], None], fallback: bool,
+             float_weight_prefixes: tuple[str, ...] | None = None):
     """``sonogate.export.quantize.quantize_int8``. With ``fallback``: when ONNX Runtime's symbolic shape inference
     rejects the graph (seen with torch 2.11's exporter and onnxruntime 1.30 on the GPU machines), the same static
-    QDQ recipe with plain ONNX shape inference; None (float-only bundle) when that fails too."""
-    from sonogate.export.quantize import quantize_int8
+    QDQ recipe with plain ONNX shape inference; None (float-only bundle) when that fails too.
+    ``float_weight_prefixes``: the nodes whose weights start so stay float (None: the heads)."""
+    from sonogate.export.quantize import nodes_with_weights, quantize_int8
 
+    exclude = None if float_weight_prefixes is None else nodes_with_weights(float_path, float_weight_prefixes)
     if not fallback:
-        return quantize_int8(float_path, int8_path, x_cal)
+        return quantize_int8(float_path, int8_path, x_cal, exclude_nodes=exclude)
     for skip_symbolic_shape in (False, True):
         try:
-            return quantize_int8(float_path, int8_path, x_cal, skip_symbolic_shape=skip_symbolic_shape)
+            return quantize_int8(float_path, int8_path, x_cal, exclude_nodes=exclude,
+                                 skip_symbolic_shape=skip_symbolic_shape)
         except Exception as exc:  # noqa: BLE001 - a quantiser failure must not lose the float bundle
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             if not skip_symbolic_shape:

@@ -19,17 +19,23 @@ QUANT_OPS = ("Conv", "Gemm", "MatMul")
 HEAD_PREFIXES = ("landmark_head.", "plane_head.", "measure_head.")
 
 
-def head_nodes(onnx_path: str | os.PathLike) -> list[str]:
-    """Names of the Conv / Gemm / MatMul nodes of the heads, recognised by their weight initializer's name
+def nodes_with_weights(onnx_path: str | os.PathLike, prefixes: Iterable[str]) -> list[str]:
+    """Names of the Conv / Gemm / MatMul nodes whose weight initializer's name starts with one of ``prefixes``
     (the exporter keeps module paths there, also for convolutions with a batch norm folded in)."""
     import onnx
 
+    prefixes = tuple(prefixes)
     model = onnx.load(str(onnx_path), load_external_data=False)
     return [
         n.name
         for n in model.graph.node
-        if n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1].startswith(HEAD_PREFIXES)
+        if n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1].startswith(prefixes)
     ]
+
+
+def head_nodes(onnx_path: str | os.PathLike) -> list[str]:
+    """Names of the Conv / Gemm / MatMul nodes of the hip heads (``HEAD_PREFIXES``)."""
+    return nodes_with_weights(onnx_path, HEAD_PREFIXES)
 
 
 def quantize_int8(
