@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,18 +59,26 @@ class BmdFolder:
                          self.sizes[idx], {k: v[idx] for k, v in self.extra.items()})
 
 
+def read_label_rows(root: str | Path, need: Iterable[str], missing_hint: str) -> tuple[Path, list[dict]]:
+    """The rows of ``root/labels.csv``; DataError (one line) when it is missing (with ``missing_hint``) or lacks a
+    column of ``need``."""
+    path = Path(root) / "labels.csv"
+    if not path.is_file():
+        raise DataError(f"no labels.csv in {root} ({missing_hint})")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    lacking = sorted(set(need) - set(rows[0] if rows else ()))
+    if not rows or lacking:
+        raise DataError(f"{path} is not a bmd label file: no rows or no column {', '.join(lacking or sorted(need))}")
+    return path, rows
+
+
 def read_bmd_folder(root: str | Path) -> BmdFolder:
     """``root/labels.csv`` -> BmdFolder; DataError when the folder is not a bmd phantom folder."""
     root = Path(root)
-    path = root / "labels.csv"
-    if not path.is_file():
-        raise DataError(f"no labels.csv in {root} (write one with: sonogate phantom bmd --out {root})")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
     need = {"image", "patient_id", "side", "bmd_g_cm2", "t_score", "in_field", "device", "box_cx", "box_cy",
             "lm_head_center_x", "lm_head_center_y", "age", "sex"}
-    if not rows or not need <= set(rows[0]):
-        raise DataError(f"{path} is not a bmd label file (columns {', '.join(sorted(need))} expected)")
+    path, rows = read_label_rows(root, need, f"write one with: sonogate phantom bmd --out {root}")
     by_image: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_image.setdefault(row["image"], {})[row["side"]] = row

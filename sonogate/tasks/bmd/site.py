@@ -22,7 +22,6 @@ Refuses (one line, non-zero exit) when the interval half has fewer usable radiog
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import shutil
 import time
@@ -38,6 +37,7 @@ from sonogate.core.bundle import load_bundle
 from sonogate.core.derived import seal_derived_bundle
 from sonogate.errors import DataError, SonogateError
 from sonogate.tasks.bmd.calibrate import RULE, fit_site_calibration, minimum_osteoporotic, osteoporotic_images
+from sonogate.tasks.bmd.data import read_label_rows
 
 SIDE_NAMES = {"r": 0, "right": 0, "l": 1, "left": 1}
 _COLUMNS = ("image", "patient_id", "side", "bmd_g_cm2")
@@ -59,14 +59,7 @@ class SiteRadiographs:
 
 def read_site_labels(root: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``root/labels.csv`` -> (image names, patient ids, true BMD (n, 2) with nan where a hip has no value)."""
-    root = Path(root)
-    path = root / "labels.csv"
-    if not path.is_file():
-        raise DataError(f"no labels.csv in {root} (columns {', '.join(_COLUMNS)}: one row per hip with a DEXA value)")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not set(_COLUMNS) <= set(rows[0]):
-        raise DataError(f"{path} lacks columns {', '.join(c for c in _COLUMNS if not rows or c not in rows[0])}")
+    path, rows = read_label_rows(root, _COLUMNS, f"columns {', '.join(_COLUMNS)}: one row per hip with a DEXA value")
     by_image: dict[str, dict] = {}
     for line, row in enumerate(rows, start=2):
         side = SIDE_NAMES.get(str(row["side"]).strip().lower())
