@@ -136,10 +136,10 @@ def move_xray(xray: np.ndarray, rng: np.random.Generator, shift_mm: float, angle
     return moved.astype(np.float32)
 
 
-def sweep(bundle, test) -> dict:
+def sweep(sess, test) -> dict:
+    """Body / arch CD-L2 with the X-ray cloud moved against the ultrasound (``sess``: the bundle's ORT session)."""
     from sonogate.tasks.spine.export import body_arch, run_session
 
-    sess = _session(bundle.model_path(next(iter(bundle.models))), 0)
     result = {"translation": [], "rotation": []}
     for key, steps in (("translation", TRANSLATIONS_MM), ("rotation", ROTATIONS_DEG)):
         for step in steps:
@@ -153,11 +153,10 @@ def sweep(bundle, test) -> dict:
     return result
 
 
-def path_scale_sweep(bundle, test) -> list[dict]:
+def path_scale_sweep(sess, test) -> list[dict]:
     """Body / arch CD-L2 with the X-ray cloud's half path lengths (x) scaled by each of ``PATH_SCALES``."""
     from sonogate.tasks.spine.export import body_arch, run_session
 
-    sess = _session(bundle.model_path(next(iter(bundle.models))), 0)
     rows = []
     for scale in PATH_SCALES:
         scaled = test.xray.copy()
@@ -258,10 +257,11 @@ def main(argv=None) -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
               "bundle_sha256": bundle.bundle_hash, "ablation": table,
               "latency": latency(bundle, test, args.runs_latency)}
-    result["sweep"] = {"translation": [], "rotation": []} if args.skip_sweep else sweep(bundle, test)
+    sess = None if args.skip_sweep else _session(bundle.model_path(next(iter(bundle.models))), 0)
+    result["sweep"] = {"translation": [], "rotation": []} if args.skip_sweep else sweep(sess, test)
     result["xray_embedding"] = embedding
     if embedding == "half_path" and not args.skip_sweep:
-        result["path_scale_sweep"] = path_scale_sweep(bundle, test)
+        result["path_scale_sweep"] = path_scale_sweep(sess, test)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spine.json").write_text(json.dumps(result, indent=1) + "\n")
