@@ -47,6 +47,13 @@ def test_export_decoder_gives_the_ordinal_probabilities_and_median_grade():
         np.testing.assert_allclose(torch.softmax(log_probs, 1).numpy(), probabilities(logits, head).numpy(),
                                    atol=1e-5)
         np.testing.assert_array_equal(median_grades(log_probs.numpy()), predict_grade(logits, head, "median").numpy())
+        with torch.no_grad():  # the flip-averaged graph: a normalised geometric mean of the image and its mirror
+            averaged, feats_avg = KneeKLExport(net, flip_average=True)(x)
+            mirrored = torch.log(probabilities(net(torch.flip(x, dims=(3,))), head).clamp_min(1e-7))
+        expected = torch.log_softmax((log_probs + mirrored) / 2, dim=1)
+        np.testing.assert_allclose(averaged.numpy(), expected.numpy(), atol=1e-5)
+        np.testing.assert_allclose(feats_avg.numpy(), feats.numpy(), atol=1e-6)
+        assert np.allclose(torch.exp(averaged).sum(1).numpy(), 1.0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +118,8 @@ def test_shipped_bundle_refuses_what_is_not_a_knee_radiograph(knee_model, shared
 def test_shipped_int8_model_keeps_the_first_convolution_projection_and_head_float():
     """The layers the exporter keeps float (chosen on val: grade agreement with float 0.926 -> 0.983) read their
     float weights directly; every other convolution reads a dequantised INT8 weight."""
+    import re
+
     import onnx
 
     from sonogate.tasks.knee_kl.export import KneeKLExporter
@@ -126,9 +135,11 @@ def test_shipped_int8_model_keeps_the_first_convolution_projection_and_head_floa
             continue
         weight = node.input[1]
         if weight in initializers and initializers[weight].data_type == onnx.TensorProto.FLOAT:
-            kept_float.append(weight)
+            # the pre-processing names a folded batch norm's weight, and a copy per use
+            kept_float.append(re.sub(r"^ConvBnFusion_W_|_token_\d+$", "", weight))
         else:
             quantised.append(weight)
     prefixes = KneeKLExporter.float_weight_prefixes
-    assert len(kept_float) == 3 and all(name.startswith(prefixes) for name in kept_float)
+    # three layers (each used twice when the graph averages the image and its mirror)
+    assert len(set(kept_float)) == 3 and all(name.startswith(prefixes) for name in kept_float), kept_float
     assert len(quantised) >= 8

@@ -39,6 +39,10 @@ def median_grades(logits: np.ndarray) -> np.ndarray:
     return np.argmax(np.cumsum(_softmax(logits), axis=1) >= 0.5 - 1e-9, axis=1)
 
 
+# the exported graph averages the image and its mirror (KneeKLExport; chosen on val, scripts/knee_kl_flip_choice.py)
+FLIP_AVERAGE = True
+
+
 class KneeKLExporter(TaskExporter):
     parity_frames = 826
     latency_runs = 50
@@ -66,7 +70,7 @@ class KneeKLExporter(TaskExporter):
         cfg = ckpt["config"]
         net = KneeKLNet(cfg["head"], tuple(cfg["widths"]), cfg["feature_dim"], cfg["dropout"])
         net.load_state_dict(ckpt["state_dict"])
-        return KneeKLExport(net.eval()).eval()
+        return KneeKLExport(net.eval(), flip_average=FLIP_AVERAGE).eval()
 
     def output_names(self, model) -> tuple[str, ...]:
         return ("kl_logits", "features")

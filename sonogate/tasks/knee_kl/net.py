@@ -33,13 +33,24 @@ class KneeKLNet(nn.Module):
 
 
 class KneeKLExport(nn.Module):
-    """ONNX wrapper: x -> (kl_logits = log class probabilities (N, 5), features (N, F))."""
+    """ONNX wrapper: x -> (kl_logits = log class probabilities (N, 5), features (N, F)).
 
-    def __init__(self, net: KneeKLNet) -> None:
+    ``flip_average``: the grade probabilities are the normalised geometric mean of the image's and its left-right
+    mirror's (a right knee's film reads like a left knee's; chosen on val: accuracy 51.1 -> 53.2 %, MAE 0.597 ->
+    0.567, QWK 0.700 -> 0.714 for the shipped trunk). ``features`` are the image's own (the OOD check's)."""
+
+    def __init__(self, net: KneeKLNet, flip_average: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.flip_average = flip_average
+
+    def log_probabilities(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.log(probabilities(self.net.head(feats), self.net.kind).clamp_min(1e-7))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.net.encoder(image)
-        probs = probabilities(self.net.head(feats), self.net.kind)
-        return torch.log(probs.clamp_min(1e-7)), feats
+        log_probs = self.log_probabilities(feats)
+        if self.flip_average:
+            mirrored = self.log_probabilities(self.net.encoder(torch.flip(image, dims=(3,))))
+            log_probs = torch.log_softmax((log_probs + mirrored) / 2, dim=1)
+        return log_probs, feats
