@@ -47,8 +47,11 @@ GPU = HipUsRecipe(
 )
 MULTILOOK = HipUsRecipe(n_train=2000, n_unlabelled=1200, styles=("schematic", "realistic"),
                         orientations=("horizontal", "graf"))
+# Longer on the same data: more unlabelled frames and SimSiam epochs, more scanner-jittered head copies (the GPU
+# recipe's levers, scaled to about an hour on 2 CPU cores)
+MULTILOOK_LONG = replace(MULTILOOK, n_unlabelled=2400, ssl_epochs=8, head_epochs=60, head_augment=6)
 RECIPES = {"cpu": HipUsRecipe(), "gpu": GPU, "gpu_ft": replace(GPU, finetune_last_stage=True), "quick": QUICK,
-           "cpu_multilook": MULTILOOK}
+           "cpu_multilook": MULTILOOK, "cpu_multilook_long": MULTILOOK_LONG}
 STAGES = ("all", "data", "train", "export")
 
 
