@@ -48,9 +48,11 @@ class KneeKLExport(nn.Module):
         return torch.log(probabilities(self.net.head(feats), self.net.kind).clamp_min(1e-7))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.net.encoder(image)
-        log_probs = self.log_probabilities(feats)
-        if self.flip_average:
-            mirrored = self.log_probabilities(self.net.encoder(torch.flip(image, dims=(3,))))
-            log_probs = torch.log_softmax((log_probs + mirrored) / 2, dim=1)
-        return log_probs, feats
+        if not self.flip_average:
+            feats = self.net.encoder(image)
+            return self.log_probabilities(feats), feats
+        n = image.shape[0]
+        # one trunk pass over the image and its mirror stacked: one copy of the weights in the graph
+        both = self.net.encoder(torch.cat([image, torch.flip(image, dims=(3,))], dim=0))
+        log_probs = self.log_probabilities(both)
+        return torch.log_softmax((log_probs[:n] + log_probs[n:]) / 2, dim=1), both[:n]
