@@ -39,7 +39,7 @@ def median_grades(logits: np.ndarray) -> np.ndarray:
     return np.argmax(np.cumsum(_softmax(logits), axis=1) >= 0.5 - 1e-9, axis=1)
 
 
-# the exported graph averages the image and its mirror (KneeKLExport; chosen on val, scripts/knee_kl_flip_choice.py)
+# the exported graph averages the image and its mirror (KneeKLExport; chosen on val, scripts/knee_kl_export_choices.py flip)
 FLIP_AVERAGE = True
 
 
@@ -51,7 +51,7 @@ class KneeKLExporter(TaskExporter):
     int8_fallback = True
     # The first convolution (raw intensities in), the feature projection and the ordinal head stay float: chosen on
     # val (826 images, grade agreement INT8 vs float, 200 calibration radiographs): all INT8 0.926, head float 0.930,
-    # + projection 0.933, + first convolution 0.983 (scripts/knee_kl_quant_choice.py).
+    # + projection 0.933, + first convolution 0.983 (scripts/knee_kl_export_choices.py quant).
     float_weight_prefixes = ("net.encoder.stem.0.", "net.encoder.project.", "net.head.")
     quantization_note = ("static QDQ per-channel, ONNX Runtime; the first convolution, the feature projection and "
                          "the head stay float")
