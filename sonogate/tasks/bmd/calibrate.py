@@ -70,9 +70,14 @@ def image_scores(corrected: np.ndarray, true: np.ndarray, in_field: np.ndarray) 
     return np.where(np.isfinite(score), score, np.nan)
 
 
-def fit_interval(raw_fit, true_fit, in_fit, raw_conf, true_conf, in_conf, delta: float) -> dict:
-    """Affine (a, b) from the first set's in-field hips, radius from the second set's per-radiograph scores."""
-    a, b = fit_affine(raw_fit[in_fit], true_fit[in_fit])
+def fit_interval(raw_fit, true_fit, in_fit, raw_conf, true_conf, in_conf, delta: float,
+                 slope: float | None = None) -> dict:
+    """Affine (a, b) from the first set's in-field hips (``slope`` given: a kept, only the offset b fitted),
+    radius from the second set's per-radiograph scores."""
+    if slope is None:
+        a, b = fit_affine(raw_fit[in_fit], true_fit[in_fit])
+    else:
+        a, b = slope, float(np.mean(true_fit[in_fit] - slope * raw_fit[in_fit]))
     scores = image_scores(a * raw_conf + b, true_conf, in_conf)
     scores = scores[np.isfinite(scores)]
     radius, k = one_sided_radius(scores, delta)
@@ -106,6 +111,26 @@ def coverage(raw, true, in_field, cal: dict) -> dict:
             "rmse": round(float(np.sqrt(np.mean(err**2))), 4), "bias": round(float(err.mean()), 4)}
 
 
+def calibration_file(cal: dict, delta: float, bundle_sha256: str | None, data: dict, holds_for: str) -> CalibrationFile:
+    """calibration.json of a bmd bundle from a fit (``fit_interval`` plus ``decision_radius`` / ``_n`` / ``_k``):
+    the interval's lower and upper bounds and the osteoporosis-conditional screening bound."""
+    common = {"a": cal["a"], "b": cal["b"], "radius": cal["radius"], "n": cal["n"], "k": cal["k"], "delta": delta}
+    decision = {**common, "radius": cal["decision_radius"], "n": cal["decision_n"], "k": cal["decision_k"]}
+    return CalibrationFile(
+        delta=delta, rule=RULE, mode="interval", thresholds={"t_score": -2.5, "bmd_g_cm2": OSTEOPOROSIS_G_CM2},
+        measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
+                      "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common),
+                      "bmd_g_cm2_decision": MeasurementCalibration(side="lower", **decision)},
+        bundle_sha256=bundle_sha256, task="bmd", data=data,
+        guarantee={"what": "P(every in-field hip of a radiograph has its true femoral-neck BMD inside "
+                           "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
+                           "(bmd_g_cm2_decision, conditional on osteoporosis; radius null = too few osteoporotic "
+                           "calibration radiographs: every hip referred)",
+                   "unit": "radiograph", "holds_for": holds_for},
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def calibrate_bundle(bundle_dir: str | Path, data: str | Path | None = None, delta: float = 0.1,
                      log: Callable[[str], None] = print, extra: str | Path | None = None) -> Path:
     """Write BUNDLE/calibration.json (module docstring); ``data``: the labelled folder (default: the training
@@ -131,26 +156,16 @@ def calibrate_bundle(bundle_dir: str | Path, data: str | Path | None = None, del
         in_c = np.concatenate([in_c, more.in_field[keep]])
         n_extra = len(keep)
     fit = fit_interval(p_val["bmd"], folder.bmd[val], folder.in_field[val], raw_c, true_c, in_c, delta)
-    common = {"a": fit["a"], "b": fit["b"], "radius": fit["radius"], "n": fit["n"], "k": fit["k"], "delta": delta}
     decision = fit_decision_radius(raw_c, true_c, in_c, fit["a"], fit["b"], delta)
-    calibration = CalibrationFile(
-        delta=delta, rule=RULE, mode="interval", thresholds={"t_score": -2.5, "bmd_g_cm2": 0.858 - 2.5 * 0.120},
-        measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
-                      "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common),
-                      "bmd_g_cm2_decision": MeasurementCalibration(side="lower", **{**common, **decision})},
-        bundle_sha256=bundle.bundle_hash, task="bmd",
+    calibration = calibration_file(
+        {**fit, "decision_radius": decision["radius"], "decision_n": decision["n"], "decision_k": decision["k"]},
+        delta, bundle.bundle_hash,
         data={"folder": str(root.resolve()), "affine_fit": f"{len(val)} validation radiographs (devices A-D)",
               "conformal": f"{len(cal)} calibration radiographs (devices A-D, patients unseen in training)"
                            + (f" + {n_extra} radiographs of devices A-D from {Path(extra).resolve()}" if extra else ""),
               "model_variant": "the runtime's (INT8 when the bundle has one)"},
-        guarantee={"what": "P(every in-field hip of a radiograph has its true femoral-neck BMD inside "
-                           "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
-                           "(bmd_g_cm2_decision, conditional on osteoporosis; radius null = too few osteoporotic "
-                           "calibration radiographs: every hip referred)",
-                   "unit": "radiograph", "holds_for": "radiographs exchangeable with the calibration set (devices "
-                                                      "A-D); a new device needs site recalibration"},
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+        holds_for="radiographs exchangeable with the calibration set (devices A-D); a new device needs site "
+                  "recalibration")
     path = Path(bundle_dir) / "calibration.json"
     calibration.save(path)
     log(f"calibration.json: a {fit['a']:.3f}, b {fit['b']:+.3f}, radius {fit['radius']} g/cm2 (n {fit['n']}, "
@@ -186,17 +201,9 @@ def fit_site_calibration(raw, true, in_field, fit_idx, conformal_idx, osteoporot
     ``conformal_idx`` and ``osteoporotic_idx`` (radiographs of DEXA-confirmed osteoporotic patients; disjoint
     from ``fit_idx``) under that correction. ``decision_radius`` None: too few, every hip referred."""
     fit_idx, conformal_idx = np.asarray(fit_idx, dtype=np.int64), np.asarray(conformal_idx, dtype=np.int64)
-    if slope is None:
-        cal = fit_interval(raw[fit_idx], true[fit_idx], in_field[fit_idx], raw[conformal_idx],
-                           true[conformal_idx], in_field[conformal_idx], delta)
-    else:
-        # ten radiographs fix a bias well and a slope badly (a refitted slope doubled device E's interval)
-        fit_mask = in_field[fit_idx]
-        b = float(np.mean(true[fit_idx][fit_mask] - slope * raw[fit_idx][fit_mask]))
-        scores = image_scores(slope * raw[conformal_idx] + b, true[conformal_idx], in_field[conformal_idx])
-        scores = scores[np.isfinite(scores)]
-        radius, k = one_sided_radius(scores, delta)
-        cal = {"a": float(slope), "b": b, "radius": radius, "n": int(scores.size), "k": int(k)}
+    # ten radiographs fix a bias well and a slope badly (a refitted slope doubled device E's interval)
+    cal = fit_interval(raw[fit_idx], true[fit_idx], in_field[fit_idx], raw[conformal_idx], true[conformal_idx],
+                       in_field[conformal_idx], delta, slope)
     screen_idx = np.union1d(conformal_idx, np.asarray(osteoporotic_idx, dtype=np.int64))
     decision = fit_decision_radius(raw[screen_idx], true[screen_idx], in_field[screen_idx], cal["a"], cal["b"], delta)
     cal.update({"decision_radius": decision["radius"], "decision_n": decision["n"], "decision_k": decision["k"]})
@@ -224,6 +231,7 @@ def site_recalibration(raw: np.ndarray, true: np.ndarray, in_field: np.ndarray, 
     if n < n_site + 10:
         raise DataError(f"{n} radiographs of the device: need at least {n_site + 10} for site recalibration")
     osteo_all = osteoporotic_images(true, in_field)
+    slope = base["a"] if refit == "offset" else None
     before, after, random_only = [], [], []
     for _ in range(draws):
         perm = rng.permutation(n)
@@ -233,7 +241,6 @@ def site_recalibration(raw: np.ndarray, true: np.ndarray, in_field: np.ndarray, 
         candidates = np.intersect1d(osteo_all, rest)
         extra = rng.choice(candidates, size=min(n_osteoporotic, candidates.size), replace=False)
         judged = np.setdiff1d(rest, extra)
-        slope = base["a"] if refit == "offset" else None
         cal = fit_site_calibration(raw, true, in_field, fit_idx, conformal_idx, extra, delta, slope)
         plain = fit_site_calibration(raw, true, in_field, fit_idx, conformal_idx, [], delta, slope)
         r, t, f = raw[judged], true[judged], in_field[judged]

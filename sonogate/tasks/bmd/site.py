@@ -27,16 +27,19 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration
 from sonogate.core.bundle import load_bundle
 from sonogate.core.derived import seal_derived_bundle
 from sonogate.errors import DataError, SonogateError
-from sonogate.tasks.bmd.calibrate import RULE, fit_site_calibration, minimum_osteoporotic, osteoporotic_images
+from sonogate.tasks.bmd.calibrate import (
+    calibration_file,
+    fit_site_calibration,
+    minimum_osteoporotic,
+    osteoporotic_images,
+)
 from sonogate.tasks.bmd.data import read_label_rows
 
 SIDE_NAMES = {"r": 0, "right": 0, "l": 1, "left": 1}
@@ -131,6 +134,15 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SonogateError(f"--out {out} exists and is not empty: choose a new folder for the site's bundle")
+    if refit not in ("offset", "affine"):
+        raise SonogateError(f"--refit must be offset or affine, got {refit!r}")
+    slope = None
+    if refit == "offset":
+        from sonogate.calibration.calfile import load_calibration
+
+        if not base.calibration_path.is_file():
+            raise SonogateError(f"bundle {bundle_dir} has no calibration.json: its slope cannot be kept (--refit affine)")
+        slope = load_calibration(base.calibration_path, bundle_hash=base.bundle_hash).measurements["bmd_g_cm2"].a
     model = load_image_model(bundle_dir, device="ort-cpu", threads=1)
     site = read_site(model, data, progress)
     need = minimum_osteoporotic(delta)
@@ -159,15 +171,6 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
         true = np.concatenate([true, extra.true])
         usable = np.concatenate([usable, extra.usable])
         osteo_idx = offset + np.arange(len(extra.raw))
-    if refit not in ("offset", "affine"):
-        raise SonogateError(f"--refit must be offset or affine, got {refit!r}")
-    slope = None
-    if refit == "offset":
-        from sonogate.calibration.calfile import load_calibration
-
-        if not base.calibration_path.is_file():
-            raise SonogateError(f"bundle {bundle_dir} has no calibration.json: its slope cannot be kept (--refit affine)")
-        slope = load_calibration(base.calibration_path, bundle_hash=base.bundle_hash).measurements["bmd_g_cm2"].a
     cal = fit_site_calibration(np.nan_to_num(raw), true, usable, fit_idx, conformal_idx, osteo_idx, delta, slope)
     n_osteo = int(np.intersect1d(osteoporotic_images(true, usable), np.union1d(conformal_idx, osteo_idx)).size)
     data_hash = folder_sha256(site.root, site.images)
@@ -208,27 +211,13 @@ def _write_site_bundle(base, out: Path, cal: dict, summary: dict, key, manifest:
     provenance["site_recalibration"] = dict(summary)
     manifest["provenance"] = provenance
     manifest.pop("files", None)
-    common = {"a": cal["a"], "b": cal["b"], "radius": cal["radius"], "n": cal["n"], "k": cal["k"],
-              "delta": summary["delta"]}
-    decision = {**common, "radius": cal["decision_radius"], "n": cal["decision_n"], "k": cal["decision_k"]}
-    calibration = CalibrationFile(
-        delta=summary["delta"], rule=RULE, mode="interval",
-        thresholds={"t_score": -2.5, "bmd_g_cm2": 0.858 - 2.5 * 0.120},
-        measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
-                      "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common),
-                      "bmd_g_cm2_decision": MeasurementCalibration(side="lower", **decision)},
-        bundle_sha256=None, task="bmd",  # bound when sealed
+    calibration = calibration_file(
+        cal, summary["delta"], None,  # bound to the new manifest when sealed
         data={"site": summary["data"], "osteoporotic": summary["osteoporotic_data"],
               "data_sha256": summary["data_sha256"],
               "affine_fit": f"{summary['n_fit_radiographs']} radiographs of half the site's patients",
               "conformal": f"{summary['n_interval_radiographs']} radiographs of the other half",
               "screening": f"{summary['n_osteoporotic_radiographs']} radiographs with an osteoporotic hip",
               "model_variant": "the runtime's (INT8 when the bundle has one)"},
-        guarantee={"what": "P(every in-field hip of a radiograph has its true femoral-neck BMD inside "
-                           "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
-                           "(radius null: every hip referred)",
-                   "unit": "radiograph", "holds_for": "radiographs of this site's device, exchangeable with "
-                                                      "the site radiographs it was calibrated on"},
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+        holds_for="radiographs of this site's device, exchangeable with the site radiographs it was calibrated on")
     seal_derived_bundle(out, manifest, calibration, key)

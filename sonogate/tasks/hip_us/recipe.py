@@ -68,8 +68,7 @@ def make_demo_bundle(out: str, work: str, seed: int = 0, recipe: HipUsRecipe = H
     summary = json.loads(summary_path.read_text()) if stage == "export" and summary_path.is_file() else {}
     timings = summary.setdefault("timings", {})
     common = {"size": 256, "frames_per_sweep": 1, "standard_fraction": 0.8, "chrome": False, "progress": progress,
-              "style": recipe.styles[0] if len(recipe.styles) == 1 else recipe.styles,
-              "orientations": recipe.orientations}
+              "style": recipe.styles, "orientations": recipe.orientations}
     # Distinct seeds per set: patient ids embed the seed, so no infant is in two sets.
     train, val, calib, unl = (work_dir / n for n in ("train", "val_device_D", "calib", "unlabelled"))
     if stage in ("all", "data"):
