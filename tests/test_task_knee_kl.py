@@ -3,6 +3,7 @@ ONNX Runtime / OpenVINO): grades and sets on real radiographs, one-line refusals
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -54,6 +55,13 @@ def test_export_decoder_gives_the_ordinal_probabilities_and_median_grade():
         np.testing.assert_allclose(averaged.numpy(), expected.numpy(), atol=1e-5)
         np.testing.assert_allclose(feats_avg.numpy(), feats.numpy(), atol=1e-6)
         assert np.allclose(torch.exp(averaged).sum(1).numpy(), 1.0, atol=1e-5)
+        other = KneeKLNet(head, widths=(8, 8, 16), feature_dim=16).eval()
+        with torch.no_grad():  # an ensemble: the normalised geometric mean over both networks and both mirrors
+            ensemble, feats_ens = KneeKLExport(net, flip_average=True, members=(other,))(x)
+            other_views = [torch.log(probabilities(other(v), head).clamp_min(1e-7)) for v in (x, torch.flip(x, dims=(3,)))]
+        expected = torch.log_softmax((log_probs + mirrored + other_views[0] + other_views[1]) / 4, dim=1)
+        np.testing.assert_allclose(ensemble.numpy(), expected.numpy(), atol=1e-5)
+        np.testing.assert_allclose(feats_ens.numpy(), feats.numpy(), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +147,10 @@ def test_shipped_int8_model_keeps_the_first_convolution_projection_and_head_floa
             kept_float.append(re.sub(r"^ConvBnFusion_W_|_token_\d+$", "", weight))
         else:
             quantised.append(weight)
-    prefixes = KneeKLExporter.float_weight_prefixes
-    # three layers (each used twice when the graph averages the image and its mirror)
-    assert len(set(kept_float)) == 3 and all(name.startswith(prefixes) for name in kept_float), kept_float
+    exporter = KneeKLExporter()
+    exporter.members = len(json.loads((BUNDLE / "manifest.json").read_text())["model"].get("ensemble") or [0]) - 1
+    prefixes = exporter.float_weight_prefixes
+    # three layers per network (each used twice when the graph averages the image and its mirror)
+    assert len(set(kept_float)) == 3 * (1 + exporter.members), kept_float
+    assert all(name.startswith(prefixes) for name in kept_float), kept_float
     assert len(quantised) >= 8

@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--int8-only", action="store_true", help="drop model.onnx after the parity check (small bundle)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--calib-frames", type=int, default=200)
+    p.add_argument("--member", action="append", default=[], metavar="RUN_DIR",
+                   help="a further run (same input size) averaged with RUN_DIR in the graph; repeatable")
     p.set_defaults(func=_export)
     p = sub.add_parser("calibrate", help="class sets on val with the bundle's own model -> calibration.json")
     p.add_argument("bundle")
@@ -51,7 +53,7 @@ def _export(args) -> int:
     from sonogate.tasks.knee_kl.export import export_knee_bundle
 
     print(export_knee_bundle(args.run_dir, args.out, int8_only=args.int8_only, force=args.force,
-                             calib_frames=args.calib_frames, log=_log))
+                             calib_frames=args.calib_frames, members=tuple(args.member), log=_log))
     return 0
 
 

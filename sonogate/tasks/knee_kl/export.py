@@ -52,7 +52,13 @@ class KneeKLExporter(TaskExporter):
     # The first convolution (raw intensities in), the feature projection and the ordinal head stay float: chosen on
     # val (826 images, grade agreement INT8 vs float, 200 calibration radiographs): all INT8 0.926, head float 0.930,
     # + projection 0.933, + first convolution 0.983 (scripts/knee_kl_export_choices.py quant).
-    float_weight_prefixes = ("net.encoder.stem.0.", "net.encoder.project.", "net.head.")
+    FLOAT_LAYERS = ("encoder.stem.0.", "encoder.project.", "head.")
+    members = 0  # further networks of the loaded checkpoint (an ensemble), set by load_model
+
+    @property
+    def float_weight_prefixes(self) -> tuple[str, ...]:
+        owners = ["net."] + [f"members.{i}." for i in range(self.members)]
+        return tuple(owner + layer for owner in owners for layer in self.FLOAT_LAYERS)
     quantization_note = ("static QDQ per-channel, ONNX Runtime; the first convolution, the feature projection and "
                          "the head stay float")
     unit = "radiographs"
@@ -67,10 +73,15 @@ class KneeKLExporter(TaskExporter):
 
         if ckpt.get("format") != KNEE_CHECKPOINT_FORMAT:
             raise DataError(f"not a knee_kl training checkpoint ({KNEE_CHECKPOINT_FORMAT})")
-        cfg = ckpt["config"]
-        net = KneeKLNet(cfg["head"], tuple(cfg["widths"]), cfg["feature_dim"], cfg["dropout"])
-        net.load_state_dict(ckpt["state_dict"])
-        return KneeKLExport(net.eval(), flip_average=FLIP_AVERAGE).eval()
+        def build(cfg: dict, state_dict: dict) -> KneeKLNet:
+            net = KneeKLNet(cfg["head"], tuple(cfg["widths"]), cfg["feature_dim"], cfg["dropout"])
+            net.load_state_dict(state_dict)
+            return net.eval()
+
+        members = [build(m["config"], m["state_dict"]) for m in ckpt.get("members", [])]
+        self.members = len(members)
+        return KneeKLExport(build(ckpt["config"], ckpt["state_dict"]), flip_average=FLIP_AVERAGE,
+                            members=tuple(members)).eval()
 
     def output_names(self, model) -> tuple[str, ...]:
         return ("kl_logits", "features")
@@ -184,7 +195,11 @@ class KneeKLExporter(TaskExporter):
                 "features": {"dim": int(cfg["feature_dim"]), "meaning": "trunk features (OOD check)"},
             },
             "model": {"architecture": f"RadiographCNN widths {list(cfg['widths'])}, trained from scratch",
-                      "head": cfg["head"], "class_weights": cfg["weights"]},
+                      "head": cfg["head"], "class_weights": cfg["weights"],
+                      "ensemble": [{"run": m["run"], "seed": m["config"]["seed"], "train_command": m["command"],
+                                    "val": m["metrics"]["val"], "chosen_epoch": m["metrics"]["chosen_epoch"]}
+                                   for m in [ckpt] + list(ckpt.get("members", []))]
+                      if ckpt.get("members") else None},
             "provenance": prov,
         }
 
@@ -192,30 +207,47 @@ class KneeKLExporter(TaskExporter):
 EXPORTER = KneeKLExporter()
 
 
-def write_run_checkpoint(run_dir: str | Path) -> Path:
-    """RUN_DIR/checkpoint.pt (what ``sonogate export`` reads) from the run's best.pt: the val-chosen EMA weights,
-    the config, the data block with licence and attribution, and the val metrics."""
+def _run_entry(run_dir: Path) -> dict:
+    """The val-chosen EMA weights of one run (its best.pt), its config, val metrics and train command."""
     import torch
 
-    from sonogate.tasks.knee_kl.train import KNEE_CHECKPOINT_FORMAT
-
-    run_dir = Path(run_dir)
     best = run_dir / "best.pt"
     if not best.is_file():
         raise DataError(f"no best.pt in {run_dir} (run sonogate knee-kl train first)")
     state = torch.load(best, map_location="cpu", weights_only=False)
     cfg = dict(state["config"])
     cfg["widths"] = list(cfg["widths"])
-    train = read_knee_split(cfg["data"], "train")
-    ckpt = {"format": KNEE_CHECKPOINT_FORMAT, "task": "knee_kl", "config": cfg,
+    return {"run": str(run_dir), "config": cfg,
             "state_dict": {k: v.detach().cpu() for k, v in state["model"].items()},
-            "data": {"path": str(Path(cfg["data"]).resolve()), "n_images": len(train), "unlabelled": [],
-                     "licence": "CC BY 4.0", "attribution": DATA_ATTRIBUTION},
             "metrics": {"val": {k: v for k, v in state["metrics"].items() if k != "confusion"},
                         "chosen_epoch": int(state["epoch"]) + 1},
             "command": (f"sonogate knee-kl train --data {cfg['data']} --out {run_dir} --epochs {cfg['epochs']} "
-                        f"--head {cfg['head']} --lr {cfg['lr']:g} --ema {cfg['ema']:g} --warmup-epochs "
-                        f"{cfg['warmup_epochs']:g} --weights {cfg['weights']} --augment {cfg.get('augment', 'strong')}")}
+                        f"--size {cfg['size']} --seed {cfg['seed']} --head {cfg['head']} --lr {cfg['lr']:g} "
+                        f"--ema {cfg['ema']:g} --warmup-epochs {cfg['warmup_epochs']:g} --weights {cfg['weights']} "
+                        f"--augment {cfg.get('augment', 'strong')}")}
+
+
+def write_run_checkpoint(run_dir: str | Path, members: tuple[str | Path, ...] = ()) -> Path:
+    """RUN_DIR/checkpoint.pt (what ``sonogate export`` reads) from the run's best.pt: the val-chosen EMA weights,
+    the config, the data block with licence and attribution, and the val metrics. ``members``: further runs of the
+    same input size and normalisation whose networks join the graph as an ensemble (``net.KneeKLExport``)."""
+    import torch
+
+    from sonogate.tasks.knee_kl.train import KNEE_CHECKPOINT_FORMAT
+
+    run_dir = Path(run_dir)
+    main = _run_entry(run_dir)
+    cfg = main["config"]
+    others = [_run_entry(Path(m)) for m in members]
+    for other in others:
+        if any(other["config"][k] != cfg[k] for k in ("size", "mean", "std")):
+            raise DataError(f"ensemble member {other['run']} has another input (size / mean / std) than {run_dir}")
+    train = read_knee_split(cfg["data"], "train")
+    ckpt = {"format": KNEE_CHECKPOINT_FORMAT, "task": "knee_kl", **main,
+            "data": {"path": str(Path(cfg["data"]).resolve()), "n_images": len(train), "unlabelled": [],
+                     "licence": "CC BY 4.0", "attribution": DATA_ATTRIBUTION}}
+    if others:
+        ckpt["members"] = others
     path = run_dir / "checkpoint.pt"
     torch.save(ckpt, path)
     return path
@@ -265,17 +297,19 @@ def calibrate_bundle(bundle_dir: str | Path, data: str | Path, delta: float = 0.
 
 
 def export_knee_bundle(run_dir: str | Path, out: str | Path, int8_only: bool = True, force: bool = False,
-                       calib_frames: int = 200, log: Callable[[str], None] = print) -> str:
+                       calib_frames: int = 200, members: tuple[str | Path, ...] = (),
+                       log: Callable[[str], None] = print) -> str:
     """RUN_DIR (best.pt, or checkpoint.pt) -> bundle ``out`` with the generic writer; with ``int8_only`` the float
-    model is dropped after parity (its figures stay in parity.json) and the manifest rewritten. Returns the hash."""
+    model is dropped after parity (its figures stay in parity.json) and the manifest rewritten; ``members``: further
+    runs averaged in the graph (``write_run_checkpoint``). Returns the hash."""
     import json
 
     from sonogate.core.bundle import write_manifest
     from sonogate.export.bundle import FLOAT_FILE, export_bundle
 
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.pt").is_file():
-        write_run_checkpoint(run_dir)
+    if members or not (run_dir / "checkpoint.pt").is_file():
+        write_run_checkpoint(run_dir, tuple(members))
     digest = export_bundle(str(run_dir), str(out), ExportOptions(force=force, calib_frames=calib_frames), log=log)
     if int8_only:
         out = Path(out)

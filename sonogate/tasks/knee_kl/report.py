@@ -4,12 +4,15 @@ set coverage and size), and the ordinal-vs-one-hot head comparison on the traine
     python -m sonogate.tasks.knee_kl.report evaluate --bundle bundles/knee_kl --data ../shared/data/knee-oa-kl-xray \
         --json benchmarks/results/knee_kl_val.json --plot docs/img/knee_kl_confusion.png
     python -m sonogate.tasks.knee_kl.report heads --run RUN_DIR --json benchmarks/results/knee_kl_heads.json
+    python -m sonogate.tasks.knee_kl.report runs --run RUN_A --run RUN_B ... --json benchmarks/results/knee_kl_runs.json
 
 ``evaluate`` runs the bundle's INT8 model through the runtime wrapper's ``grade`` (the same path as ``sonogate
 analyze``, checks included; a refused val image counts as an error and is listed). ``heads`` fits CORAL, CORN and
 softmax (one-hot) heads, each with and without effective-number class weights, on the frozen trunk features of
 ``train`` (full-batch AdamW, 300 steps) and scores them on ``val``: a like-for-like comparison of the heads on one
-representation, not of separately trained networks.
+representation, not of separately trained networks. ``runs`` scores trained runs (float, best.pt, through the
+export's graph wrapper: mirror average, and for a combination the ensemble's normalised geometric mean) alone
+and in every combination on ``val``: the figures that choose which runs a bundle ships.
 """
 
 from __future__ import annotations
@@ -119,6 +122,45 @@ def compare_heads(run_dir: str, json_path: str | None, steps: int = 300) -> dict
     return result
 
 
+def compare_runs(run_dirs: list[str], json_path: str | None) -> dict:
+    import itertools
+
+    import torch
+
+    from sonogate.tasks.knee_kl.export import median_grades
+    from sonogate.tasks.knee_kl.net import KneeKLExport
+    from sonogate.tasks.knee_kl.train import load_knee_run, normalise01
+
+    torch.set_num_threads(1)
+    log_probs, configs = {}, {}
+    for run in run_dirs:
+        net, cfg = load_knee_run(run)
+        wrapper = KneeKLExport(net, flip_average=True).eval()
+        val = read_knee_split(cfg["data"], "val")
+        images = load_knee_images(val.paths, cfg["size"])
+        with torch.no_grad():
+            x = normalise01(torch.from_numpy(images).float()[:, None] / 255.0, cfg["mean"], cfg["std"])
+            log_probs[run] = torch.cat([wrapper(x[s : s + 64])[0] for s in range(0, len(x), 64)])
+        configs[run] = cfg
+    rows = []
+    for k in range(1, len(run_dirs) + 1):
+        for combo in itertools.combinations(run_dirs, k):
+            if len({(configs[r]["size"], configs[r]["mean"], configs[r]["std"]) for r in combo}) > 1:
+                continue  # one graph takes one input: only runs with the same input can be combined
+            # the export's ensemble: mean of the members' log-probabilities, renormalised (median ignores the norm)
+            mean_log_probs = torch.stack([log_probs[r] for r in combo]).mean(0).numpy()
+            r = ordinal_report(val.grades, median_grades(mean_log_probs), KL_GRADES)
+            rows.append({"runs": [str(x) for x in combo], "size": configs[combo[0]]["size"],
+                         **{m: r[m] for m in ("accuracy", "mae", "qwk", "macro_recall", "per_grade_recall")}})
+            print(f"{' + '.join(Path(x).name for x in combo):45s} acc {r['accuracy']:.4f} MAE {r['mae']:.4f} "
+                  f"QWK {r['qwk']:.4f}", file=sys.stderr)
+    result = {"n_val": len(val.paths), "graph": "float, best.pt (EMA), image + mirror geometric mean", "rows": rows}
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sonogate.tasks.knee_kl.report")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--json")
     p.add_argument("--steps", type=int, default=300)
+    p = sub.add_parser("runs")
+    p.add_argument("--run", required=True, action="append", help="a run folder (repeat for each run)")
+    p.add_argument("--json")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         r = evaluate_bundle(args.bundle, args.data, args.json, args.plot)
         print(json.dumps({k: r["report"][k] for k in ("accuracy", "mae", "qwk", "per_grade_recall")} |
                          {"sets": r.get("sets"), "refused": len(r["refused"])}))
-    else:
+    elif args.command == "heads":
         compare_heads(args.run, args.json, args.steps)
+    else:
+        compare_runs(args.run, args.json)
     return 0
 
 
