@@ -21,7 +21,7 @@ TASK = TaskSpec(
     modality="DX",
     model_type="knee_kl_grade",
     inputs=(
-        InputSpec(name="image", kind="image", view="knee_pa", height=192, width=192, channels=1, color="gray",
+        InputSpec(name="image", kind="image", view="knee_pa", height=224, width=224, channels=1, color="gray",
                   resize="letterbox", interpolation="area", mean=0.5, std=0.25),
     ),
     outputs=(

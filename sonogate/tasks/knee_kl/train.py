@@ -44,7 +44,7 @@ class KneeTrainConfig:
 
     data: str
     out: str
-    size: int = 192
+    size: int = 224
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3

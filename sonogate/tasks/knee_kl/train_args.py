@@ -7,7 +7,7 @@ import argparse
 HEAD_KINDS = ("coral", "corn", "softmax")
 WEIGHT_KINDS = ("none", "inverse", "effective")
 # the recipe of the shipped bundle (docs/tasks/knee_kl.md); KneeTrainConfig in train.py has the same defaults
-DEFAULTS = {"size": 192, "epochs": 20, "batch_size": 32, "seed": 0, "threads": 1, "feature_dim": 256, "lr": 1e-3,
+DEFAULTS = {"size": 224, "epochs": 20, "batch_size": 32, "seed": 0, "threads": 1, "feature_dim": 256, "lr": 1e-3,
             "weight_decay": 5e-4, "beta": 0.999, "dropout": 0.2, "ema": 0.995, "warmup_epochs": 0.3, "head": "softmax",
             "weights": "effective", "widths": (24, 32, 64, 128, 256)}
 
