@@ -224,7 +224,7 @@ def _run_entry(run_dir: Path) -> dict:
             "command": (f"sonogate knee-kl train --data {cfg['data']} --out {run_dir} --epochs {cfg['epochs']} "
                         f"--size {cfg['size']} --seed {cfg['seed']} --head {cfg['head']} --lr {cfg['lr']:g} "
                         f"--ema {cfg['ema']:g} --warmup-epochs {cfg['warmup_epochs']:g} --weights {cfg['weights']} "
-                        f"--augment {cfg.get('augment', 'strong')}")}
+                        f"--augment {cfg.get('augment', 'strong')} --threads {cfg.get('threads', 1)}")}
 
 
 def write_run_checkpoint(run_dir: str | Path, members: tuple[str | Path, ...] = ()) -> Path:

@@ -51,18 +51,15 @@ class KneeKLExport(nn.Module):
     def _log_probabilities(net: KneeKLNet, feats: torch.Tensor) -> torch.Tensor:
         return torch.log(probabilities(net.head(feats), net.kind).clamp_min(1e-7))
 
-    def log_probabilities(self, feats: torch.Tensor) -> torch.Tensor:
-        return self._log_probabilities(self.net, feats)
-
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.flip_average and len(self.members) == 0:
             feats = self.net.encoder(image)
-            return self.log_probabilities(feats), feats
+            return self._log_probabilities(self.net, feats), feats
         n = image.shape[0]
         # one trunk pass per network over the image and its mirror stacked: one copy of each network's weights
         batch = torch.cat([image, torch.flip(image, dims=(3,))], dim=0) if self.flip_average else image
         own = self.net.encoder(batch)
-        log_probs = [self.log_probabilities(own)]
+        log_probs = [self._log_probabilities(self.net, own)]
         log_probs += [self._log_probabilities(member, member.encoder(batch)) for member in self.members]
         stacked = torch.cat(log_probs, dim=0)
         views = stacked.shape[0] // n
