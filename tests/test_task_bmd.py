@@ -103,6 +103,50 @@ def test_adaptive_triplet_follows_bmd_order():
     assert float(loss_ordered) < 0.02 < float(loss_shuffled)
 
 
+def test_intensity_augmentation_gives_the_context_the_rois_gray_curve():
+    torch = pytest.importorskip("torch")
+    from sonogate.tasks.bmd.data import MEAN, STD
+    from sonogate.tasks.bmd.train import augment_intensity
+
+    gray = torch.linspace(0.05, 0.95, 80 * 80).reshape(1, 1, 80, 80).repeat(6, 1, 1, 1)
+    roi = (gray - MEAN) / STD
+    context = roi[:, :, :64, :64].clone()  # the same gray values, so the same curve must give the same output
+    plain = augment_intensity(roi, torch.Generator().manual_seed(3), 1.0)
+    with_context, context_out = augment_intensity(roi, torch.Generator().manual_seed(3), 1.0, context)
+    assert torch.equal(plain, with_context)  # the context draws no random numbers: old runs stay reproducible
+    roi_curve = augment_intensity(roi, torch.Generator().manual_seed(3), 0.0)  # strength 0: identity
+    assert torch.allclose(roi_curve, roi, atol=1e-5)
+    # the context follows the ROI's curve pixel for pixel, without the ROI's pixel noise (sd <= 0.01 gray)
+    assert float((context_out - with_context[:, :, :64, :64]).abs().max()) * STD < 0.06
+    assert float((context_out - context).abs().max()) * STD > 0.05  # and the curve did change the gray values
+
+
+def test_context_regressor_sees_the_whole_radiograph_and_exports_to_onnx(tmp_path):
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from sonogate.tasks.bmd.net import BmdNet, Locator, Regressor, context_image
+
+    torch.manual_seed(0)
+    net = BmdNet(Locator(4), Regressor(4, context_width=4)).eval()
+    image = torch.randn(2, 1, 512, 512) * 0.3
+    far = image.clone()
+    far[:, :, :64, :] += 2.0  # a band far from the neck: only the context sees it
+    roi = torch.randn(2, 1, 80, 80)
+    with torch.no_grad():
+        bmd_far, *_ = net(far)
+        near, far_bmd = (net.regressor(roi, context_image(x))[0] for x in (image, far))
+        assert float((near - far_bmd).abs().max()) > 1e-5  # the same ROI reads differently in another radiograph
+        with pytest.raises(ValueError, match="context"):
+            net.regressor(roi)
+    path = tmp_path / "context.onnx"
+    torch.onnx.export(net, image, str(path), input_names=["image"], output_names=list(net.output_names),
+                      opset_version=20, dynamo=False, dynamic_axes={"image": {0: "n"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["bmd"], {"image": far.numpy()[1:]})[0]
+    assert np.allclose(got, bmd_far.numpy()[1:], atol=1e-4)
+
+
 # -- metrics and the conformal interval -----------------------------------------------------------------------
 def test_auc_and_regression_block():
     assert auc(np.array([3.0, 2.0, 1.0]), np.array([True, False, False])) == 1.0

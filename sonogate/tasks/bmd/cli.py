@@ -68,6 +68,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("--locator-epochs", type=positive_int, default=None)
     train.add_argument("--intensity-augment", type=float, default=None, help="ROI intensity augmentation strength")
     train.add_argument("--triplet-weight", type=float, default=None)
+    train.add_argument("--context-width", type=positive_int, default=None,
+                       help="> 0: the regressor also sees the whole radiograph at 64 px (channels of its encoder)")
     train.add_argument("--threads", type=positive_int, default=1)
     train.set_defaults(func=_train)
 
@@ -137,7 +139,8 @@ def _train(args) -> int:
 
     cfg = BmdTrainConfig(data=args.data, out=args.out, labelled_fraction=args.labelled, method=args.method,
                          seed=args.seed, locator=args.locator, threads=args.threads)
-    for name in ("supervised_steps", "rounds", "round_steps", "locator_epochs", "intensity_augment", "triplet_weight"):
+    for name in ("supervised_steps", "rounds", "round_steps", "locator_epochs", "intensity_augment", "triplet_weight",
+                 "context_width"):
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     run_bmd_training(cfg)

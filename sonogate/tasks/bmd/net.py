@@ -9,7 +9,9 @@ image (N, 1, 512, 512), the letterboxed AP pelvis, x = (gray / 255 - 0.5) / 0.25
      the neck (head -> box), its side ``ROI_SCALE`` x the head-to-neck distance; the left hip's frame is the mirror
      image of the right one, so both hips reach the regressor in the same orientation
   -> ``grid_sample`` of the full-resolution input -> an 80 x 80 ROI per hip (in the graph: GridSample)
-  -> ``Regressor`` (a small CNN, shared by both hips) -> embedding (N * 2, 128) -> BMD (g/cm2)
+  -> ``Regressor`` (a small CNN, shared by both hips) -> embedding (N * 2, 128) -> BMD (g/cm2); with a context
+     width > 0 the regressor also sees the whole input average-pooled to 64 px (``ContextEncoder``): what the ROI
+     cannot show about the exposure (body habitus, bone vs soft-tissue contrast of the pelvis, the display window)
 outputs: bmd (N, 2) right, left (raw, before calibration); landmarks (N, 4, 2); in_field_logit (N, 2);
          landmark_peak (N, 4); features (N, 2, 128) (the regressor's embedding per hip: OOD statistics)
 
@@ -31,6 +33,7 @@ ROI_SOURCE_SIZE = 512  # ROIs are sampled from the full-resolution input (cortex
 HEATMAP_SIZE = 32
 ROI_SIZE = 80
 EMBED_DIM = 128
+CONTEXT_SIZE = 64  # the whole input average-pooled by 8: the context encoder's view
 LANDMARKS = ("head_center_r", "neck_box_r", "head_center_l", "neck_box_l")
 SIDE_SIGN = (1.0, -1.0)  # right, left: the left hip's ROI frame is mirrored
 OUTPUT_NAMES = ("bmd", "landmarks", "in_field_logit", "landmark_peak", "features")
@@ -103,26 +106,57 @@ def sample_roi(image: torch.Tensor, theta: torch.Tensor, size: int = ROI_SIZE) -
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class Regressor(nn.Module):
-    """ROI (M, 1, 80, 80) -> (BMD g/cm2 (M,), embedding (M, EMBED_DIM)). ``mean``/``std``: the BMD scale the
-    head's output is de-standardised with (set from the labelled training hips)."""
+class ContextEncoder(nn.Module):
+    """Whole radiograph (M, 1, 64, 64) -> (M, 4 * width): a few global features of the exposure beside the ROI.
+    The ROI alone cannot tell a dense neck from a soft exposure, a thin patient or a low kVp."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 8):
         super().__init__()
         w = width
+        self.body = nn.Sequential(
+            conv_bn(1, w), nn.MaxPool2d(2),  # 32
+            conv_bn(w, 2 * w), nn.MaxPool2d(2),  # 16
+            conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),  # 8
+            conv_bn(4 * w, 4 * w),
+        )
+        self.dim = 4 * w
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.body(image).mean(dim=(2, 3))
+
+
+def context_image(image: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 512, 512) normalised input -> (N, 1, 64, 64), the context encoder's input."""
+    return F.avg_pool2d(image, image.shape[-1] // CONTEXT_SIZE)
+
+
+class Regressor(nn.Module):
+    """ROI (M, 1, 80, 80) [and, with ``context_width`` > 0, the ROI's whole radiograph (M, 1, 64, 64)] ->
+    (BMD g/cm2 (M,), embedding (M, EMBED_DIM)). ``mean``/``std``: the BMD scale the head's output is
+    de-standardised with (set from the labelled training hips)."""
+
+    def __init__(self, width: int = 16, context_width: int = 0):
+        super().__init__()
+        w = width
+        self.context = ContextEncoder(context_width) if context_width > 0 else None
         self.body = nn.Sequential(
             conv_bn(1, w), nn.MaxPool2d(2),  # 40
             conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),  # 20
             conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),  # 10
             conv_bn(4 * w, 8 * w), conv_bn(8 * w, 8 * w),
         )
-        self.embed = nn.Sequential(nn.Linear(8 * w, EMBED_DIM), nn.ReLU(inplace=True))
+        extra = self.context.dim if self.context is not None else 0
+        self.embed = nn.Sequential(nn.Linear(8 * w + extra, EMBED_DIM), nn.ReLU(inplace=True))
         self.head = nn.Linear(EMBED_DIM, 1)
         self.register_buffer("mean", torch.tensor(0.8))
         self.register_buffer("std", torch.tensor(0.13))
 
-    def forward(self, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, roi: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.body(roi).mean(dim=(2, 3))
+        if self.context is not None:
+            if context is None:
+                raise ValueError("this regressor needs the whole radiograph (context) beside the ROI")
+            f = torch.cat([f, self.context(context)], dim=1)
         e = self.embed(f)
         return self.head(e)[:, 0] * self.std + self.mean, e
 
@@ -152,6 +186,12 @@ class BmdNet(nn.Module):
 
     def forward(self, image: torch.Tensor):
         points, presence, peak = self.locate(image)
-        bmd, embedding = self.regressor(self.rois(image, points))
         n = image.shape[0]
+        context = None
+        if self.regressor.context is not None:
+            # one whole-image view per hip, in the ROIs' order (right, left per image)
+            small = context_image(image)
+            context = small[:, None].expand(n, 2, 1, CONTEXT_SIZE, CONTEXT_SIZE).reshape(-1, 1, CONTEXT_SIZE,
+                                                                                       CONTEXT_SIZE)
+        bmd, embedding = self.regressor(self.rois(image, points), context)
         return bmd.reshape(n, 2), points, presence, peak, embedding.reshape(n, 2, EMBED_DIM)

@@ -59,6 +59,7 @@ from sonogate.tasks.bmd.net import (
     BmdNet,
     Locator,
     Regressor,
+    context_image,
     neck_roi_theta,
     sample_roi,
     soft_argmax,
@@ -82,6 +83,7 @@ class BmdTrainConfig:
     mean: float = MEAN
     std: float = STD
     width: int = 12
+    context_width: int = 0  # > 0: the regressor also sees the whole radiograph at 64 px (net.ContextEncoder)
     locator_width: int = 8
     locator_epochs: int = 6
     locator_lr: float = 2e-3
@@ -220,9 +222,11 @@ def locator_error(locator: Locator, sources, folder: BmdFolder, idx) -> dict:
 
 # -- regressor -------------------------------------------------------------------------------------------------
 def rois_at(sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np.ndarray,
-            gen: torch.Generator | None = None, jitter: float = 0.0, scale_jitter: float = 0.0) -> torch.Tensor:
+            gen: torch.Generator | None = None, jitter: float = 0.0, scale_jitter: float = 0.0,
+            with_context: bool = False):
     """ROIs (M, 1, ROI_SIZE, ROI_SIZE) of hips (radiograph ``img_idx``, side 0 right / 1 left) at landmarks ``pts``
-    (M, 4, 2), optionally jittered (SD ``jitter`` of each point, scale factor SD ``scale_jitter``)."""
+    (M, 4, 2), optionally jittered (SD ``jitter`` of each point, scale factor SD ``scale_jitter``). With
+    ``with_context``: (ROIs, each hip's whole radiograph pooled to the context encoder's 64 px)."""
     src = torch.from_numpy(normalise(sources[img_idx]))[:, None]
     p = torch.from_numpy(pts.astype(np.float32))
     side = torch.from_numpy(sides)
@@ -239,12 +243,14 @@ def rois_at(sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np
         if m.any():
             theta = neck_roi_theta(head[m], box[m], sign, ROI_SCALE * scale[m][:, None])
             out[m] = sample_roi(src[m], theta)
-    return out
+    return (out, context_image(src)) if with_context else out
 
 
-def augment_intensity(roi: torch.Tensor, gen: torch.Generator, strength: float) -> torch.Tensor:
+def augment_intensity(roi: torch.Tensor, gen: torch.Generator, strength: float, context: torch.Tensor | None = None):
     """Per-ROI gamma, contrast, brightness and noise on the gray values (what exposure, kVp, detector response
-    and processing change without changing the bone): the regressor learns to read structure, not brightness."""
+    and processing change without changing the bone): the regressor learns to read structure, not brightness.
+    ``context`` (the hips' whole radiographs, pooled) gets the same gray-value curve (not the pixel noise), so the
+    whole image still tells what the curve did; returns (roi, context) then."""
     b = roi.shape[0]
     g = (roi * STD + MEAN).clamp(1e-4, 1.0)
     gamma = torch.exp(torch.randn(b, 1, 1, 1, generator=gen) * 0.25 * strength)
@@ -254,7 +260,11 @@ def augment_intensity(roi: torch.Tensor, gen: torch.Generator, strength: float) 
     m = g.mean(dim=(1, 2, 3), keepdim=True)
     g = (g - m) * contrast + m + shift
     g = g + torch.randn(g.shape, generator=gen) * 0.01 * strength * torch.rand(b, 1, 1, 1, generator=gen)
-    return (g - MEAN) / STD
+    if context is None:
+        return (g - MEAN) / STD
+    c = (context * STD + MEAN).clamp(1e-4, 1.0) ** gamma
+    c = (c - m) * contrast + m + shift
+    return (g - MEAN) / STD, (c - MEAN) / STD
 
 
 def adaptive_triplet(embed: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator) -> torch.Tensor:
@@ -317,10 +327,17 @@ def fit_regressor(reg: Regressor, sources, folder: BmdFolder, sets: list[tuple[H
         side = np.concatenate([sets[i][0].side[p] for i, p in enumerate(parts)])
         y = torch.from_numpy(np.concatenate([sets[i][0].y[p] for i, p in enumerate(parts)]))
         w = torch.from_numpy(np.concatenate([sets[i][0].w[p] for i, p in enumerate(parts)]))
-        roi = rois_at(sources, img, side, folder.landmarks[img], gen, cfg.jitter, cfg.scale_jitter)
-        if cfg.intensity_augment > 0:
-            roi = augment_intensity(roi, gen, cfg.intensity_augment)
-        pred, embed = reg(roi)
+        context = None
+        if reg.context is not None:
+            roi, context = rois_at(sources, img, side, folder.landmarks[img], gen, cfg.jitter, cfg.scale_jitter,
+                                   with_context=True)
+            if cfg.intensity_augment > 0:
+                roi, context = augment_intensity(roi, gen, cfg.intensity_augment, context)
+        else:
+            roi = rois_at(sources, img, side, folder.landmarks[img], gen, cfg.jitter, cfg.scale_jitter)
+            if cfg.intensity_augment > 0:
+                roi = augment_intensity(roi, gen, cfg.intensity_augment)
+        pred, embed = reg(roi, context)
         ys = (y - mean) / sd
         loss = (F.smooth_l1_loss((pred - mean) / sd, ys, reduction="none", beta=0.5) * w).sum() / w.sum()
         if triplet and cfg.triplet_weight > 0:
@@ -344,8 +361,13 @@ def predict_hips(reg: Regressor, sources, img: np.ndarray, side: np.ndarray, pts
     for _ in range(repeats):
         out = []
         for s in range(0, len(img), batch):
-            roi = rois_at(sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch], gen, jitter)
-            out.append(reg(roi)[0].numpy())
+            if reg.context is not None:
+                roi, context = rois_at(sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch], gen, jitter,
+                                       with_context=True)
+            else:
+                roi = rois_at(sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch], gen, jitter)
+                context = None
+            out.append(reg(roi, context)[0].numpy())
         runs.append(np.concatenate(out) if out else np.zeros(0))
     runs = np.stack(runs)
     return runs.mean(0), runs.std(0)
@@ -385,7 +407,7 @@ def train_regressor(cfg: BmdTrainConfig, sources, folder: BmdFolder, train_idx, 
     torch.manual_seed(cfg.seed + 1)
     labelled = hips_of(folder, train_idx[labelled_mask])
     unlabelled = hips_of(folder, train_idx[~labelled_mask])
-    reg = Regressor(cfg.width)
+    reg = Regressor(cfg.width, cfg.context_width)
     reg.mean.fill_(float(labelled.y.mean()))
     reg.std.fill_(float(labelled.y.std() + 1e-6))
     history = []
@@ -491,6 +513,7 @@ def run_bmd_training(cfg: BmdTrainConfig, log: Callable[[str], None] = print) ->
         "locator_width": cfg.locator_width,
         "regressor": reg.state_dict(),
         "width": cfg.width,
+        "context_width": cfg.context_width,
         "metrics": metrics,
         "versions": versions(),
         "command": " ".join(sys.argv),
@@ -506,7 +529,7 @@ def build_bmd_model(ckpt: dict) -> BmdNet:
     """The exported graph of a checkpoint (eval mode)."""
     locator = Locator(int(ckpt["locator_width"]))
     locator.load_state_dict(ckpt["locator"])
-    reg = Regressor(int(ckpt["width"]))
+    reg = Regressor(int(ckpt["width"]), int(ckpt.get("context_width", 0)))
     reg.load_state_dict(ckpt["regressor"])
     return BmdNet(locator, reg).eval()
 
