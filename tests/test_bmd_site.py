@@ -91,7 +91,8 @@ def site(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("site")
     write_bmd_phantom(root / "sample", 24, seed=5, device="E", progress=False)
-    pool = write_bmd_phantom(root / "pool", 160, seed=6, device="E", progress=False)
+    # enough osteoporotic radiographs that one or two refused by the runtime still leave the rank its 9
+    pool = write_bmd_phantom(root / "pool", 240, seed=6, device="E", progress=False)
     # the site's DEXA-confirmed osteoporotic patients: the pool's radiographs with an osteoporotic hip
     with open(pool / "labels.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -138,7 +139,7 @@ def test_recalibrate_without_osteoporotic_patients_refers_every_hip(site, tmp_pa
 @pytest.mark.torchfree
 def test_recalibrate_with_osteoporotic_patients_calibrates_the_screening_bound(site, tmp_path):
     root, n_osteo = site
-    assert n_osteo >= minimum_osteoporotic(DELTA)
+    assert n_osteo >= minimum_osteoporotic(DELTA) + 2
     out = tmp_path / "bundle_E"
     code, text = _cli(["bmd", "recalibrate", "--bundle", str(SHIPPED), "--data", str(root / "sample"),
                        "--osteoporotic", str(root / "osteoporotic"), "--out", str(out)])
