@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from sonogate.calibration.calfile import load_calibration
 from sonogate.calibration.conformal import one_sided_radius
+from sonogate.data.splits import split_by_group
 from sonogate.tasks.bmd.calibrate import bundle_predictions, image_scores
 from sonogate.tasks.bmd.data import read_bmd_folder, split_patients
 
@@ -47,13 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     scores = image_scores(cal.a * raw + cal.b, folder.bmd[idx], folder.in_field[idx])
     ok = np.isfinite(scores)
     scores, patients = scores[ok], folder.patients[idx][ok]
-    unique = np.unique(patients)
-    rng = np.random.default_rng(0)
     covered = []
-    for _ in range(args.splits):
-        half = np.isin(patients, rng.permutation(unique)[: len(unique) // 2])
-        radius, _k = one_sided_radius(scores[half], args.delta)
-        covered.append(float(np.mean(scores[~half] <= radius)))
+    for r in range(args.splits):
+        cal_rows, test_rows = split_by_group(patients, [0.5, 0.5], seed=1000 + r)
+        radius, _k = one_sided_radius(scores[cal_rows], args.delta)
+        covered.append(float(np.mean(scores[test_rows] <= radius)))
     covered = np.array(covered)
     result = {"bundle": str(Path(args.bundle).resolve()), "data": str(Path(args.data).resolve()),
               "n_radiographs": int(scores.size), "splits": args.splits, "delta": args.delta,

@@ -246,6 +246,15 @@ def rois_at(sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np
     return (out, context_image(src)) if with_context else out
 
 
+def regressor_inputs(reg: Regressor, sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np.ndarray,
+                     gen: torch.Generator | None = None, jitter: float = 0.0, scale_jitter: float = 0.0):
+    """What ``reg`` reads for these hips: (ROIs, their whole radiographs pooled, or None without a context
+    encoder)."""
+    if reg.context is None:
+        return rois_at(sources, img_idx, sides, pts, gen, jitter, scale_jitter), None
+    return rois_at(sources, img_idx, sides, pts, gen, jitter, scale_jitter, with_context=True)
+
+
 def augment_intensity(roi: torch.Tensor, gen: torch.Generator, strength: float, context: torch.Tensor | None = None):
     """Per-ROI gamma, contrast, brightness and noise on the gray values (what exposure, kVp, detector response
     and processing change without changing the bone): the regressor learns to read structure, not brightness.
@@ -327,16 +336,12 @@ def fit_regressor(reg: Regressor, sources, folder: BmdFolder, sets: list[tuple[H
         side = np.concatenate([sets[i][0].side[p] for i, p in enumerate(parts)])
         y = torch.from_numpy(np.concatenate([sets[i][0].y[p] for i, p in enumerate(parts)]))
         w = torch.from_numpy(np.concatenate([sets[i][0].w[p] for i, p in enumerate(parts)]))
-        context = None
-        if reg.context is not None:
-            roi, context = rois_at(sources, img, side, folder.landmarks[img], gen, cfg.jitter, cfg.scale_jitter,
-                                   with_context=True)
-            if cfg.intensity_augment > 0:
-                roi, context = augment_intensity(roi, gen, cfg.intensity_augment, context)
-        else:
-            roi = rois_at(sources, img, side, folder.landmarks[img], gen, cfg.jitter, cfg.scale_jitter)
-            if cfg.intensity_augment > 0:
-                roi = augment_intensity(roi, gen, cfg.intensity_augment)
+        roi, context = regressor_inputs(reg, sources, img, side, folder.landmarks[img], gen, cfg.jitter,
+                                        cfg.scale_jitter)
+        if cfg.intensity_augment > 0 and context is None:
+            roi = augment_intensity(roi, gen, cfg.intensity_augment)
+        elif cfg.intensity_augment > 0:
+            roi, context = augment_intensity(roi, gen, cfg.intensity_augment, context)
         pred, embed = reg(roi, context)
         ys = (y - mean) / sd
         loss = (F.smooth_l1_loss((pred - mean) / sd, ys, reduction="none", beta=0.5) * w).sum() / w.sum()
@@ -361,12 +366,8 @@ def predict_hips(reg: Regressor, sources, img: np.ndarray, side: np.ndarray, pts
     for _ in range(repeats):
         out = []
         for s in range(0, len(img), batch):
-            if reg.context is not None:
-                roi, context = rois_at(sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch], gen, jitter,
-                                       with_context=True)
-            else:
-                roi = rois_at(sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch], gen, jitter)
-                context = None
+            roi, context = regressor_inputs(reg, sources, img[s:s + batch], side[s:s + batch], pts[s:s + batch],
+                                            gen, jitter)
             out.append(reg(roi, context)[0].numpy())
         runs.append(np.concatenate(out) if out else np.zeros(0))
     runs = np.stack(runs)
