@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from sonogate.calibration.calfile import load_calibration
 from sonogate.core.bundle import load_bundle
 from sonogate.tasks.bmd.calibrate import bundle_predictions, site_recalibration
-from sonogate.tasks.bmd.data import read_bmd_folder, split_patients
+from sonogate.tasks.bmd.data import bundle_split_seed, read_bmd_folder, split_patients
 
 
 def main() -> int:
@@ -39,8 +39,7 @@ def main() -> int:
     interval, decision = cal.measurements["bmd_g_cm2"], cal.measurements["bmd_g_cm2_decision"]
     base = {"a": interval.a, "b": interval.b, "radius": interval.radius, "decision_radius": decision.radius}
     folder = read_bmd_folder(args.data)
-    splits = split_patients(folder, int(((bundle.manifest.get("provenance") or {}).get("train_config") or {})
-                                        .get("seed", 0)))
+    splits = split_patients(folder, bundle_split_seed(bundle.manifest))
     idx = np.concatenate([splits["val"], splits["cal"]])
     raw = bundle_predictions(args.bundle, folder, idx)["bmd"]
     result: dict = {"bundle_sha256": bundle.bundle_hash, "data": str(Path(args.data).resolve()), "devices": {}}

@@ -197,7 +197,7 @@ def test_referral_is_safe_on_doubt():
 
 
 # -- the runtime wrapper on a hand-built graph ----------------------------------------------------------------
-def handmade_bmd_bundle(folder: Path, calibrate: bool = True) -> Path:
+def handmade_bmd_bundle(folder: Path, calibrate: bool = True, devices: list[str] | None = None) -> Path:
     """bmd_right = 0.8 + 0.4 mean(left half of x), bmd_left = 0.8 + 0.4 mean(right half); in-field logit per hip
     = 20 (var(half) - 0.02) (a flat half is out of the field); fixed landmarks ``LANDMARKS01``; peak 0.5."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,8 @@ def handmade_bmd_bundle(folder: Path, calibrate: bool = True) -> Path:
         CalibrationFile(delta=0.1, rule="t lower > -2.5", mode="interval", thresholds={"t_score": -2.5},
                         measurements={"bmd_g_cm2": MeasurementCalibration(side="lower", **common),
                                       "bmd_g_cm2_upper": MeasurementCalibration(side="upper", **common)},
-                        bundle_sha256=digest, task="bmd").save(folder / "calibration.json")
+                        bundle_sha256=digest, task="bmd",
+                        guarantee={"devices": devices}).save(folder / "calibration.json")
     return folder
 
 
@@ -301,6 +302,58 @@ def test_wrapper_mirrors_when_rows_run_to_the_patients_right(tmp_path):
     image = SimpleNamespace(patient_orientation=("R", "F"))
     rows = {r["side"]: r for r in model.analyze(gray, image, [])["rows"]}
     assert rows["right"]["bmd_g_cm2"] == pytest.approx(expected_bmd(gray[:, 256:]), abs=2e-4)
+
+
+def dicom_radiograph(gray: np.ndarray, path: Path, **attributes) -> Path:
+    """``gray`` as a DX radiograph (MONOCHROME2, 8 bits) with ``attributes`` (Manufacturer, ...), via pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    dx = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = dx
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "DX"
+    ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left: the radiographic convention
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = gray.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.WindowCenter, ds.WindowWidth = 127.5, 256
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(gray).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_wrapper_refers_every_hip_of_a_device_its_calibration_does_not_cover(tmp_path):
+    from sonogate.data.dicom import read_dicom
+
+    bundle = handmade_bmd_bundle(tmp_path / "b", devices=["sonogate phantom A", "sonogate phantom B"])
+    model = create_model(bundle, device="ort-cpu")
+    gray = textured(200, 70)
+    covered = read_dicom(dicom_radiograph(gray, tmp_path / "a.dcm", Manufacturer="Sonogate Phantom",
+                                          ManufacturerModelName=" A"))
+    other = read_dicom(dicom_radiograph(gray, tmp_path / "x.dcm", Manufacturer="ACME", ManufacturerModelName="X1"))
+    rows = {r["side"]: r for r in model.analyze(covered.frames[0], covered, [])["rows"]}
+    right = expected_bmd(gray[:, :256])
+    # the DICOM's 8-bit window moves gray values by a level or so
+    assert rows["right"]["bmd_lower"] == pytest.approx(right - 0.05, abs=0.01)
+    assert rows["right"]["bmd_upper"] - rows["right"]["bmd_lower"] == pytest.approx(0.1, abs=2e-4)
+    assert rows["right"]["referral"] == NO_REFERRAL  # same case as the PNG: the device is covered
+    result = model.analyze(other.frames[0], other, [])
+    assert result["recommendation"] == REFERRAL
+    for row in result["rows"]:
+        assert row["referral"] == REFERRAL and row["bmd_lower"] is None and row["bmd_upper"] is None
+        assert "does not cover device 'ACME X1'" in row["reason"] and row["bmd_g_cm2"] is not None
+    notes: list[str] = []
+    unknown = {r["side"]: r for r in model.analyze(gray, None, notes)["rows"]}  # a PNG: no device to check
+    assert unknown["right"]["referral"] == NO_REFERRAL and any("device unknown" in n for n in notes)
+    unbound = create_model(handmade_bmd_bundle(tmp_path / "u"), device="ort-cpu")
+    assert {r["side"]: r for r in unbound.analyze(other.frames[0], other, [])["rows"]}["right"][
+        "referral"] == NO_REFERRAL  # no device list: not bound
 
 
 def test_wrapper_refuses_a_hip_out_of_field_and_bad_images(tmp_path):
@@ -400,3 +453,76 @@ def test_shipped_bundle_never_reads_foreign_images(shipped):
         except DataError:
             continue  # the whole image refused: no BMD at all
         assert rows["left"]["bmd_g_cm2"] is None and rows["left"]["status"] == "error"
+
+
+# -- ensembles of regressors behind one locator ---------------------------------------------------------------
+def tiny_run(folder: Path, seed: int, locator_state=None) -> Path:
+    """A run folder as ``sonogate bmd train`` writes it (checkpoint.pt, regressor_round1.pt), random weights."""
+    torch = pytest.importorskip("torch")
+    from sonogate.tasks.bmd.net import Locator, Regressor
+    from sonogate.tasks.bmd.train import BMD_CHECKPOINT_FORMAT, phase_file
+
+    torch.manual_seed(seed)
+    locator, final, earlier = Locator(4), Regressor(4), Regressor(4)
+    if locator_state is not None:
+        locator.load_state_dict(locator_state)
+    folder.mkdir(parents=True)
+    torch.save(earlier.state_dict(), phase_file(folder, "round1"))
+    torch.save({"task": "bmd", "format": BMD_CHECKPOINT_FORMAT, "locator": locator.state_dict(), "locator_width": 4,
+                "regressor": final.state_dict(), "width": 4, "context_width": 0,
+                "config": {"data": "/nowhere", "seed": seed, "method": "st_triplet", "labelled_fraction": 0.1},
+                "data": {"path": "/nowhere", "splits_seed": 0}, "metrics": {"val": {"r": 0.5}}},
+               folder / "checkpoint.pt")
+    return folder
+
+
+def test_ensemble_averages_its_members_in_one_onnx_graph_with_their_heads_float(tmp_path):
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from sonogate.export.quantize import nodes_with_weights
+    from sonogate.tasks.bmd.ensemble import load_member
+    from sonogate.tasks.bmd.export import BmdExporter
+    from sonogate.tasks.bmd.net import BmdNet, Regressor, RegressorEnsemble
+    from sonogate.tasks.bmd.train import build_bmd_model
+
+    first = tiny_run(tmp_path / "a", 0)
+    locator = torch.load(first / "checkpoint.pt", weights_only=False)["locator"]
+    second = tiny_run(tmp_path / "b", 1, locator)
+    member = load_member(f"{second}@round1")  # the phase's weights replace the final ones
+    assert torch.equal(member["regressor"]["head.weight"],
+                       torch.load(second / "regressor_round1.pt", weights_only=True)["head.weight"])
+    with pytest.raises(DataError, match="no saved phase 'round7'"):
+        load_member(f"{second}@round7")
+    ckpt = torch.load(first / "checkpoint.pt", weights_only=False)
+    ckpt["members"] = [{"regressor": member["regressor"], "width": 4, "context_width": 0}]
+    exporter = BmdExporter()
+    net = exporter.load_model(ckpt)
+    assert isinstance(net.regressor, RegressorEnsemble) and net.regressor.embed_dim == 256
+    single = build_bmd_model({k: v for k, v in ckpt.items() if k != "members"})
+    image = torch.randn(2, 1, 512, 512) * 0.3
+    with torch.no_grad():
+        bmd, points, *_, features = net(image)
+        alone = single(image)[0]
+        other = BmdNet(single.locator, net.regressor.members[1]).eval()(image)[0]
+    assert torch.allclose(bmd, (alone + other) / 2, atol=1e-6) and features.shape == (2, 2, 256)
+    path = tmp_path / "ensemble.onnx"
+    torch.onnx.export(net, image, str(path), input_names=["image"], output_names=list(net.output_names),
+                      opset_version=20, dynamo=False, dynamic_axes={"image": {0: "n"}})
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["bmd"], {"image": image.numpy()})
+    assert np.allclose(got[0], bmd.numpy(), atol=1e-4)
+    # both members' fully connected layers stay float (INT8 clipped the BMD head's tails), plus the presence head
+    assert len(nodes_with_weights(path, exporter.float_weight_prefixes)) == 5
+    with pytest.raises(ValueError, match="all with or all without context"):
+        RegressorEnsemble([Regressor(4), Regressor(4, context_width=4)])
+
+
+def test_ensemble_refuses_members_with_another_locator(tmp_path):
+    pytest.importorskip("torch")
+    from sonogate.tasks.bmd.ensemble import write_ensemble_run
+
+    first, second = tiny_run(tmp_path / "a", 0), tiny_run(tmp_path / "b", 1)
+    with pytest.raises(DataError, match="another locator"):
+        write_ensemble_run([str(first), str(second)], tmp_path / "e")
+    with pytest.raises(DataError, match="already an ensemble|no checkpoint"):
+        write_ensemble_run([str(tmp_path / "missing")], tmp_path / "e")

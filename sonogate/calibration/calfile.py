@@ -18,7 +18,8 @@ Schema (format_version 1)::
         ...
       },
       "joint": {...} | null,             # provenance of a max-score calibration (scales, n, k, t)
-      "guarantee": {...},                # what delta bounds, in words and fields (optional, informative)
+      "guarantee": {...},                # what delta bounds, in words and fields (optional); "devices": the
+                                         # acquisition devices it holds for (bmd: enforced by its runtime)
       "data": {...},                     # where the calibration data came from
       "created_utc": "...", "sonogate_version": "..."
     }

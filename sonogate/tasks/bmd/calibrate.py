@@ -30,8 +30,16 @@ from sonogate.calibration.calfile import CalibrationFile, MeasurementCalibration
 from sonogate.calibration.conformal import fit_affine, one_sided_radius
 from sonogate.core.bundle import load_bundle
 from sonogate.errors import DataError
-from sonogate.tasks.bmd.data import HELD_OUT_DEVICES, BmdFolder, letterbox_gray, read_bmd_folder, split_patients
+from sonogate.tasks.bmd.data import (
+    HELD_OUT_DEVICES,
+    BmdFolder,
+    bundle_split_seed,
+    letterbox_gray,
+    read_bmd_folder,
+    split_patients,
+)
 
+PHANTOM_MANUFACTURER = "sonogate phantom"
 RULE = ("per hip: no referral only when the T-score of the osteoporosis-conditional lower bound (bmd_g_cm2_decision) "
         "> -2.5")
 OSTEOPOROSIS_G_CM2 = 0.858 - 2.5 * 0.120
@@ -111,9 +119,18 @@ def coverage(raw, true, in_field, cal: dict) -> dict:
             "rmse": round(float(np.sqrt(np.mean(err**2))), 4), "bias": round(float(err.mean()), 4)}
 
 
-def calibration_file(cal: dict, delta: float, bundle_sha256: str | None, data: dict, holds_for: str) -> CalibrationFile:
+def phantom_devices(letters) -> list[str]:
+    """The acquisition-device names of phantom devices (``sonogate phantom bmd --device``) as a DICOM header of
+    theirs would state them: "sonogate phantom A", ..."""
+    return [f"{PHANTOM_MANUFACTURER} {letter}" for letter in sorted(set(letters))]
+
+
+def calibration_file(cal: dict, delta: float, bundle_sha256: str | None, data: dict, holds_for: str,
+                     devices: list[str] | None = None) -> CalibrationFile:
     """calibration.json of a bmd bundle from a fit (``fit_interval`` plus ``decision_radius`` / ``_n`` / ``_k``):
-    the interval's lower and upper bounds and the osteoporosis-conditional screening bound."""
+    the interval's lower and upper bounds and the osteoporosis-conditional screening bound; ``devices``: the
+    acquisition devices they hold for (the runtime refers every hip of a DICOM radiograph from another; None: not
+    bound)."""
     common = {"a": cal["a"], "b": cal["b"], "radius": cal["radius"], "n": cal["n"], "k": cal["k"], "delta": delta}
     decision = {**common, "radius": cal["decision_radius"], "n": cal["decision_n"], "k": cal["decision_k"]}
     return CalibrationFile(
@@ -126,7 +143,7 @@ def calibration_file(cal: dict, delta: float, bundle_sha256: str | None, data: d
                            "[bmd_lower, bmd_upper]) >= 1 - delta; P(an osteoporotic hip is cleared) <= delta "
                            "(bmd_g_cm2_decision, conditional on osteoporosis; radius null = too few osteoporotic "
                            "calibration radiographs: every hip referred)",
-                   "unit": "radiograph", "holds_for": holds_for},
+                   "unit": "radiograph", "holds_for": holds_for, "devices": devices},
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -141,7 +158,7 @@ def calibrate_bundle(bundle_dir: str | Path, data: str | Path | None = None, del
     config = ((bundle.manifest.get("provenance") or {}).get("train_config") or {})
     root = Path(data or config.get("data", ""))
     folder = read_bmd_folder(root)
-    splits = split_patients(folder, int(config.get("seed", 0)))
+    splits = split_patients(folder, bundle_split_seed(bundle.manifest))
     val, cal = splits["val"], splits["cal"]
     p_val = bundle_predictions(bundle_dir, folder, val)
     p_cal = bundle_predictions(bundle_dir, folder, cal)
@@ -165,7 +182,8 @@ def calibrate_bundle(bundle_dir: str | Path, data: str | Path | None = None, del
                            + (f" + {n_extra} radiographs of devices A-D from {Path(extra).resolve()}" if extra else ""),
               "model_variant": "the runtime's (INT8 when the bundle has one)"},
         holds_for="radiographs exchangeable with the calibration set (devices A-D); a new device needs site "
-                  "recalibration")
+                  "recalibration",
+        devices=phantom_devices(folder.devices[cal]))
     path = Path(bundle_dir) / "calibration.json"
     calibration.save(path)
     log(f"calibration.json: a {fit['a']:.3f}, b {fit['b']:+.3f}, radius {fit['radius']} g/cm2 (n {fit['n']}, "

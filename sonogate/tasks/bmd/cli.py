@@ -50,7 +50,7 @@ def _fraction(text: str) -> float:
 
 
 def add_cli(subparsers) -> None:
-    """Add ``sonogate bmd train | ablation | export | calibrate | evaluate``."""
+    """Add ``sonogate bmd train | ablation | ensemble | export | calibrate | evaluate | recalibrate``."""
     bmd = subparsers.add_parser("bmd", help="bone mineral density from hip radiographs: train, ablation, export, "
                                             "evaluate (issue 21)")
     sub = bmd.add_subparsers(dest="bmd_command", required=True)
@@ -61,6 +61,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("--labelled", type=_fraction, default=0.10, help="share of training patients with BMD")
     train.add_argument("--method", default="st_triplet", choices=("supervised", "self_training", "st_triplet"))
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--split-seed", type=int, default=None,
+                       help="seed of the patient split and the labelled patients (default: --seed)")
     train.add_argument("--locator", default=None, help="reuse this locator.pt instead of training one")
     train.add_argument("--supervised-steps", type=positive_int, default=None)
     train.add_argument("--rounds", type=int, default=None)
@@ -78,7 +80,21 @@ def add_cli(subparsers) -> None:
     ablation.add_argument("--out", required=True)
     ablation.add_argument("--locator", required=True, help="locator.pt of a training run (shared by all runs)")
     ablation.add_argument("--seed", type=int, default=0)
+    ablation.add_argument("--fractions", default=None,
+                          help="comma-separated labelled shares (default 0.05,0.10,0.25 and the extra rows)")
+    for flag in ("--supervised-steps", "--rounds", "--round-steps", "--batch-size"):
+        ablation.add_argument(flag, type=positive_int, default=None,
+                              help="schedule of every run (default: the short schedule, train.ABLATION_STEPS)")
+    ablation.add_argument("--intensity-augment", type=float, default=None, help="ROI intensity augmentation, every run")
+    ablation.add_argument("--threads", type=positive_int, default=1)
     ablation.set_defaults(func=_ablation)
+
+    ensemble = sub.add_parser("ensemble", help="one run folder from several runs (or phases) sharing a locator: "
+                                               "their regressors averaged in one graph")
+    ensemble.add_argument("--member", action="append", required=True, metavar="RUN[@PHASE]",
+                          help="a training run (its final regressor) or RUN@round2, RUN@supervised, ... (repeat)")
+    ensemble.add_argument("--out", required=True, help="new run folder (checkpoint.pt, metrics.json)")
+    ensemble.set_defaults(func=_ensemble)
 
     export = sub.add_parser("export", help="RUN -> bundle with INT8 ONNX, parity and calibration.json")
     export.add_argument("run", help="training run folder")
@@ -129,6 +145,9 @@ def add_cli(subparsers) -> None:
                        help="offset (default): keep the bundle's slope, refit the device's bias; affine: both "
                             "(needs many more radiographs)")
     recal.add_argument("--key", default=None, help="PEM private key: sign the new bundle")
+    recal.add_argument("--device", action="append", default=None, metavar="NAME",
+                       help="the site's acquisition device, 'Manufacturer ManufacturerModelName' as in its DICOM "
+                            "headers (repeat for several); radiographs of other devices are then referred")
     recal.set_defaults(func=_recalibrate)
 
 
@@ -138,7 +157,7 @@ def _train(args) -> int:
     from sonogate.tasks.bmd.train import BmdTrainConfig, run_bmd_training
 
     cfg = BmdTrainConfig(data=args.data, out=args.out, labelled_fraction=args.labelled, method=args.method,
-                         seed=args.seed, locator=args.locator, threads=args.threads)
+                         seed=args.seed, split_seed=args.split_seed, locator=args.locator, threads=args.threads)
     for name in ("supervised_steps", "rounds", "round_steps", "locator_epochs", "intensity_augment", "triplet_weight",
                  "context_width"):
         if getattr(args, name) is not None:
@@ -148,12 +167,27 @@ def _train(args) -> int:
 
 
 def _ablation(args) -> int:
-    from sonogate.tasks.bmd.train import run_ablation
+    from sonogate.tasks.bmd.train import ABLATION_FRACTIONS, ABLATION_STEPS, run_ablation
 
-    result = run_ablation(args.data, args.out, args.locator, seed=args.seed)
+    steps = dict(ABLATION_STEPS)
+    for name in ("supervised_steps", "rounds", "round_steps", "batch_size", "intensity_augment"):
+        if getattr(args, name) is not None:
+            steps[name] = getattr(args, name)
+    fractions = ABLATION_FRACTIONS
+    if args.fractions:
+        fractions = tuple(_fraction(text) for text in args.fractions.split(","))
+    result = run_ablation(args.data, args.out, args.locator, fractions=fractions, seed=args.seed, steps=steps,
+                          threads=args.threads, with_extra=not args.fractions)
     from sonogate.tasks.bmd.train import ablation_markdown
 
     print(ablation_markdown(result))
+    return 0
+
+
+def _ensemble(args) -> int:
+    from sonogate.tasks.bmd.ensemble import write_ensemble_run
+
+    write_ensemble_run(args.member, args.out)
     return 0
 
 
@@ -184,5 +218,6 @@ def _recalibrate(args) -> int:
     from sonogate.tasks.bmd.site import recalibrate_site
 
     recalibrate_site(args.bundle, args.data, args.out, delta=args.delta, osteoporotic=args.osteoporotic,
-                     seed=args.seed, key=args.key, refit=args.refit, command=shlex.join(sys.argv))
+                     seed=args.seed, key=args.key, refit=args.refit, command=shlex.join(sys.argv),
+                     devices=args.device)
     return 0

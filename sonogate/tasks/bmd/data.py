@@ -126,6 +126,14 @@ def split_patients(folder: BmdFolder, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def bundle_split_seed(manifest: dict) -> int:
+    """The split seed of the run a bundle was exported from (``--split-seed``, else ``--seed``), so calibration
+    and evaluation use the patients training did not see."""
+    config = (manifest.get("provenance") or {}).get("train_config") or {}
+    seed = config.get("split_seed")
+    return int(config.get("seed", 0) if seed is None else seed)
+
+
 def letterbox_gray(image: np.ndarray, size: int = FULL_SIZE) -> np.ndarray:
     """Gray uint8 (H, W) -> (size, size) uint8: padded to a centred square with 0, then INTER_AREA resized (the
     bundle's preprocessing)."""

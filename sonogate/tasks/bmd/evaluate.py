@@ -19,7 +19,7 @@ import numpy as np
 from sonogate.calibration.calfile import load_calibration
 from sonogate.core.bundle import load_bundle
 from sonogate.tasks.bmd.calibrate import bundle_predictions, coverage, site_recalibration
-from sonogate.tasks.bmd.data import HELD_OUT_DEVICES, read_bmd_folder, split_patients
+from sonogate.tasks.bmd.data import HELD_OUT_DEVICES, bundle_split_seed, read_bmd_folder, split_patients
 from sonogate.tasks.bmd.metrics import OSTEOPOROSIS_BMD, regression_block
 
 T_MEAN, T_SD = 0.858, 0.120
@@ -121,8 +121,7 @@ def evaluate_main(bundle_dir: str, data: str, out: str, site_images: int = 20, d
     base = {"a": cal.a, "b": cal.b, "radius": cal.radius, "decision_radius": decision.radius,
             "decision_n": decision.n}
     folder = read_bmd_folder(data)
-    config = ((bundle.manifest.get("provenance") or {}).get("train_config") or {})
-    splits = split_patients(folder, int(config.get("seed", 0)))
+    splits = split_patients(folder, bundle_split_seed(bundle.manifest))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"bundle": str(Path(bundle_dir).resolve()), "bundle_sha256": bundle.bundle_hash,

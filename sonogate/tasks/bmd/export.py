@@ -89,7 +89,13 @@ class BmdExporter(TaskExporter):
     # The fully connected layers stay float: quantised, the BMD head's output range was the calibration images'
     # range, and INT8 clipped the tails (raw BMD floored at 0.50 and capped at 1.11 g/cm2, where float reads 0.37
     # to 1.19): exactly the osteoporotic hips. Their cost is a few hundred multiplies.
-    float_weight_prefixes = ("locator.presence.", "regressor.embed.", "regressor.head.")
+    FLOAT_LAYERS = ("embed.", "head.")
+    members = 0  # regressors of an ensemble checkpoint (``sonogate bmd ensemble``), set by load_model
+
+    @property
+    def float_weight_prefixes(self) -> tuple[str, ...]:
+        owners = [f"regressor.members.{i}." for i in range(self.members)] or ["regressor."]
+        return ("locator.presence.",) + tuple(owner + layer for owner in owners for layer in self.FLOAT_LAYERS)
     unit = "radiographs"
     latency_threads = "ORT default threads, median of single-radiograph calls"
     float_keys = ("vs_truth", "landmarks_px512_vs_truth")
@@ -101,7 +107,9 @@ class BmdExporter(TaskExporter):
 
         if ckpt.get("format") != BMD_CHECKPOINT_FORMAT:
             raise DataError(f"not a sonogate BMD training checkpoint ({BMD_CHECKPOINT_FORMAT})")
-        return build_bmd_model(ckpt)
+        model = build_bmd_model(ckpt)
+        self.members = len(ckpt.get("members", [])) + 1 if ckpt.get("members") else 0
+        return model
 
     def output_names(self, model) -> tuple[str, ...]:
         return model.output_names
@@ -228,11 +236,14 @@ class BmdExporter(TaskExporter):
                               "units": "(x, y) in [0, 1] of the model input, pixel-centre convention"},
                 "in_field_logit": {"shape": ["N", 2], "sides": ["right", "left"]},
                 "landmark_peak": {"shape": ["N", len(LANDMARKS)]},
-                "features": {"shape": ["N", 2, 128], "meaning": "regressor embedding per hip (OOD statistics)"},
+                "features": {"shape": ["N", 2, model.regressor.embed_dim],
+                             "meaning": "regressor embedding per hip (OOD statistics); an ensemble's members' side by "
+                                        "side"},
             },
             "model": {"architecture": "locator U-Net (128 px) + in-graph neck ROI (GridSample, "
                                       f"{ROI_SIZE} px, {ROI_SCALE} x head-neck distance) + CNN regressor",
                       "method": ckpt["config"]["method"], "labelled_fraction": ckpt["config"]["labelled_fraction"],
+                      "regressors": len(ckpt.get("members", [])) + 1, "ensemble": ckpt.get("ensemble"),
                       "heldout": {k: metrics.get(k) for k in ("heldout", "external")}},
             "provenance": provenance(ckpt, "phantom bmd folder", "radiographs"),
         }

@@ -24,6 +24,13 @@ graph, the raw BMD and the embedding per hip. This wrapper (numpy only):
   osteopenia instead), else "DEXA referral" - also on any doubt: no calibration, a refused hip, an implausible
   value.
 
+Device scope: calibration.json ``guarantee.devices`` lists the acquisition devices its guarantees hold for
+("Manufacturer ManufacturerModelName" as DICOM states them; the phantom's devices are "sonogate phantom A" ... "D").
+A DICOM radiograph of a device not in the list gets its BMD (corrected) without bounds and "DEXA referral" for
+every hip: the calibration says nothing about that device until ``sonogate bmd recalibrate --device`` covers it.
+An input without a device (PNG, or DICOM without both attributes) cannot be checked: the record notes it. No list
+(``devices`` absent or null): not bound.
+
 Sides: "right" is the patient's right hip, on the image's left (radiographic convention); a DICOM Patient
 Orientation whose row direction is "R" mirrors the image first.
 """
@@ -53,6 +60,21 @@ NO_REFERRAL, REFERRAL = TASK.decision.reassuring[0], TASK.decision.safe_default
 OSTEOPENIA_T = -1.0
 DEFAULT_CHECKS = {"in_field_min_probability": 0.5, "landmark_peak_min": 0.0, "neck_distance_range": [0.0, 1.0],
                   "ood_threshold": None, "image_ood_threshold": None, "image_std_min": 0.03, "image_clipped_max": 0.5}
+
+
+def device_key(name: str) -> str:
+    """Device names compare without case and repeated blanks ("SIEMENS  Ysio" == "Siemens Ysio")."""
+    return " ".join(str(name).split()).casefold()
+
+
+def acquisition_device(image: Any | None) -> str | None:
+    """"Manufacturer ManufacturerModelName" of a DICOM input (None: not DICOM, or the header names neither)."""
+    header = getattr(image, "header", None)
+    if header is None:
+        return None
+    parts = [" ".join(str(header.get(keyword, "") or "").split()) for keyword in ("Manufacturer",
+                                                                                   "ManufacturerModelName")]
+    return " ".join(p for p in parts if p) or None
 
 
 def t_score(bmd_g_cm2: float) -> float:
@@ -163,6 +185,8 @@ class BmdModel(InputModel):
         self.calibration = load_calibration(path, bundle_hash=bundle.bundle_hash) if path.exists() else None
         self.calibration_sha256 = sha256_file(path) if self.calibration is not None else None
         self.threshold = T_THRESHOLD
+        devices = None if self.calibration is None else self.calibration.guarantee.get("devices")
+        self.devices = None if devices is None else [str(d) for d in devices]
         if self.calibration is not None and "t_score" in self.calibration.thresholds:
             self.threshold = float(self.calibration.thresholds["t_score"])
 
@@ -207,12 +231,29 @@ class BmdModel(InputModel):
                              delta=None if self.calibration is None else float(self.calibration.delta),
                              rule=TASK.decision.rule)
 
-    def _bounds(self, raw: float) -> dict[str, float | None]:
-        """Corrected BMD and its interval (None bounds without calibration or with an infinite radius)."""
+    def device_problem(self, image: Any | None, notes: list[str]) -> str | None:
+        """Why the calibration does not hold for this input's device (None: it does, or cannot be checked)."""
+        if self.devices is None or self.calibration is None:
+            return None
+        device = acquisition_device(image)
+        if device is None:
+            notes.append("acquisition device unknown (no DICOM Manufacturer / model): the calibration's devices ("
+                         + ", ".join(self.devices) + ") assumed")
+            return None
+        if device_key(device) in {device_key(d) for d in self.devices}:
+            return None
+        return (f"calibration does not cover device {device!r} (calibrated for: {', '.join(self.devices)}): "
+                "no bounds; recalibrate the bundle for this device (sonogate bmd recalibrate --device)")
+
+    def _bounds(self, raw: float, covered: bool = True) -> dict[str, float | None]:
+        """Corrected BMD and its interval (None bounds without calibration, for a device the calibration does not
+        cover, or with an infinite radius)."""
         cal = None if self.calibration is None else self.calibration.measurements.get("bmd_g_cm2")
         upper_cal = None if self.calibration is None else self.calibration.measurements.get("bmd_g_cm2_upper")
         if cal is None:
             return {"value": raw, "lower_bound": None, "upper_bound": None}
+        if not covered:
+            return {"value": cal.corrected(raw), "lower_bound": None, "upper_bound": None}
         lower = cal.bound(raw)
         upper = upper_cal.bound(raw) if upper_cal is not None else math.inf
         decision_cal = self.calibration.measurements.get("bmd_g_cm2_decision", cal)
@@ -242,6 +283,7 @@ class BmdModel(InputModel):
         if distance is not None and limit is not None and distance > float(limit):
             raise DataError(f"image unlike the training radiographs (image-statistics distance {distance:.1f} > "
                             f"{float(limit):.1f}): not an AP hip radiograph of a calibrated device")
+        uncovered = self.device_problem(image, notes)
         box = reading["letterbox"]
         h, w = view.shape[:2]
         content = ((box.pad_x) / box.side, (box.pad_y) / box.side, (box.pad_x + w) / box.side,
@@ -259,11 +301,13 @@ class BmdModel(InputModel):
             entry["landmarks"] = {"head_center": [round(float(points[0, 0]), 1), round(float(points[0, 1]), 1)],
                                   "neck_box_center": [round(float(points[1, 0]), 1), round(float(points[1, 1]), 1)]}
             if problems[side] is None:
-                b = self._bounds(hip.bmd)
+                b = self._bounds(hip.bmd, covered=uncovered is None)
                 decision_bound = b.pop("decision_bound", None)
                 t = {k: None if v is None else t_score(v) for k, v in b.items()}
                 decision, reason = referral(None if decision_bound is None else t_score(decision_bound),
                                             self.threshold)
+                if uncovered:
+                    decision, reason = REFERRAL, uncovered
                 entry.update({"bmd_g_cm2": {k: _round(v) for k, v in b.items()},
                               "t_score": {k: _round(v, 2) for k, v in t.items()},
                               "decision_bound_g_cm2": _round(decision_bound),

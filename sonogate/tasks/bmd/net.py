@@ -13,7 +13,10 @@ image (N, 1, 512, 512), the letterboxed AP pelvis, x = (gray / 255 - 0.5) / 0.25
      width > 0 the regressor also sees the whole input average-pooled to 64 px (``ContextEncoder``): what the ROI
      cannot show about the exposure (body habitus, bone vs soft-tissue contrast of the pelvis, the display window)
 outputs: bmd (N, 2) right, left (raw, before calibration); landmarks (N, 4, 2); in_field_logit (N, 2);
-         landmark_peak (N, 4); features (N, 2, 128) (the regressor's embedding per hip: OOD statistics)
+         landmark_peak (N, 4); features (N, 2, 128 x members) (the regressor's embedding per hip: OOD statistics)
+
+``RegressorEnsemble`` puts several regressors trained on the same locator behind one ROI: BMD is their mean, the
+features their embeddings side by side. Independent training seeds err partly independently, so the mean errs less.
 
 The neck region is found by the model: the locator is trained on landmark positions, the regressor on ROIs cut at
 jittered landmark positions; at run time the ROI follows the locator's own landmarks, in the graph.
@@ -151,6 +154,14 @@ class Regressor(nn.Module):
         self.register_buffer("mean", torch.tensor(0.8))
         self.register_buffer("std", torch.tensor(0.13))
 
+    @property
+    def uses_context(self) -> bool:
+        return self.context is not None
+
+    @property
+    def embed_dim(self) -> int:
+        return EMBED_DIM
+
     def forward(self, roi: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.body(roi).mean(dim=(2, 3))
         if self.context is not None:
@@ -161,12 +172,36 @@ class Regressor(nn.Module):
         return self.head(e)[:, 0] * self.std + self.mean, e
 
 
+class RegressorEnsemble(nn.Module):
+    """Regressors of one input kind (all with or all without context) -> (mean BMD (M,), embeddings concatenated
+    (M, EMBED_DIM x members)): the interface of ``Regressor``."""
+
+    def __init__(self, members: list[Regressor]):
+        super().__init__()
+        if len(members) < 2 or len({m.uses_context for m in members}) != 1:
+            raise ValueError("an ensemble needs two or more regressors, all with or all without context")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def uses_context(self) -> bool:
+        return self.members[0].uses_context
+
+    @property
+    def embed_dim(self) -> int:
+        return EMBED_DIM * len(self.members)
+
+    def forward(self, roi: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [member(roi, context) for member in self.members]
+        bmd = torch.stack([b for b, _ in outputs]).mean(0)
+        return bmd, torch.cat([e for _, e in outputs], dim=1)
+
+
 class BmdNet(nn.Module):
     """The whole graph (module docstring): image (N, 1, 512, 512) -> OUTPUT_NAMES."""
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, locator: Locator, regressor: Regressor):
+    def __init__(self, locator: Locator, regressor: Regressor | RegressorEnsemble):
         super().__init__()
         self.locator = locator
         self.regressor = regressor
@@ -188,10 +223,10 @@ class BmdNet(nn.Module):
         points, presence, peak = self.locate(image)
         n = image.shape[0]
         context = None
-        if self.regressor.context is not None:
+        if self.regressor.uses_context:
             # one whole-image view per hip, in the ROIs' order (right, left per image)
             small = context_image(image)
             context = small[:, None].expand(n, 2, 1, CONTEXT_SIZE, CONTEXT_SIZE).reshape(-1, 1, CONTEXT_SIZE,
                                                                                        CONTEXT_SIZE)
         bmd, embedding = self.regressor(self.rois(image, points), context)
-        return bmd.reshape(n, 2), points, presence, peak, embedding.reshape(n, 2, EMBED_DIM)
+        return bmd.reshape(n, 2), points, presence, peak, embedding.reshape(n, 2, self.regressor.embed_dim)

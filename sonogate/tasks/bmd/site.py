@@ -16,6 +16,9 @@ and the fit; signed when given a key) whose calibration.json is the site's:
   site's affine correction. With fewer radiographs than the rank needs at delta (9 at 0.1) it is null: the
   bundle then gives values with intervals but refers every hip, and the command says how many are missing. The
   base bundle's screening radius is never kept: it carries no guarantee to another device.
+* ``--device NAME`` (repeatable): the site's acquisition device as its DICOM headers state it ("Manufacturer
+  ManufacturerModelName"); the new calibration holds for those devices only, and the runtime refers every hip of
+  a DICOM radiograph from another one. Without it the site calibration is not bound to a device (said in the log).
 
 Refuses (one line, non-zero exit) when the interval half has fewer usable radiographs than the rank needs.
 """
@@ -121,13 +124,15 @@ def folder_sha256(root: Path, names: list[str]) -> str:
 def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, delta: float = 0.1,
                      osteoporotic: str | Path | None = None, seed: int = 0, key: str | Path | None = None,
                      refit: str = "offset", command: str = "", progress: bool = True,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, devices: list[str] | None = None) -> dict:
     """The whole ``sonogate bmd recalibrate`` (module docstring). Returns a summary dict."""
     from sonogate.runtime.model_api import described_manifest, load_image_model
 
     start = time.perf_counter()
     if not 0 < delta < 1:
         raise SonogateError(f"--delta must be in (0, 1), got {delta}")
+    if devices is not None and not all(" ".join(str(d).split()) for d in devices):
+        raise SonogateError("--device needs a name (Manufacturer ManufacturerModelName as the DICOM header says)")
     base = load_bundle(bundle_dir)
     if base.task != "bmd":
         raise SonogateError(f"bundle {bundle_dir} is task {base.task}, not bmd")
@@ -183,6 +188,7 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
         "n_patients": len(patients), "n_fit_radiographs": int(fit_idx.size),
         "n_interval_radiographs": int(conformal_idx.size), "n_osteoporotic_radiographs": n_osteo,
         "delta": delta, "seed": seed, "refit": refit, "affine": {"a": cal["a"], "b": cal["b"]},
+        "devices": [" ".join(d.split()) for d in devices] if devices else None,
         "interval_radius_g_cm2": cal["radius"], "screening_radius_g_cm2": cal["decision_radius"],
         "screening": "calibrated on the site's osteoporotic hips" if cal["decision_radius"] is not None else
                      f"not calibrated: {n_osteo} radiographs with an osteoporotic hip, {need} needed: every hip "
@@ -197,6 +203,9 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
            f"none: {n_osteo} radiographs with an osteoporotic hip, {need} needed (add them with --osteoporotic DIR); "
            "until then every hip is referred")
         + f" -> {out}")
+    if not summary["devices"]:
+        log("the site calibration is not bound to a device: radiographs of any device get its bounds (name the "
+            "site's device with --device)")
     return summary
 
 
@@ -219,5 +228,6 @@ def _write_site_bundle(base, out: Path, cal: dict, summary: dict, key, manifest:
               "conformal": f"{summary['n_interval_radiographs']} radiographs of the other half",
               "screening": f"{summary['n_osteoporotic_radiographs']} radiographs with an osteoporotic hip",
               "model_variant": "the runtime's (INT8 when the bundle has one)"},
-        holds_for="radiographs of this site's device, exchangeable with the site radiographs it was calibrated on")
+        holds_for="radiographs of this site's device, exchangeable with the site radiographs it was calibrated on",
+        devices=summary["devices"])
     seal_derived_bundle(out, manifest, calibration, key)

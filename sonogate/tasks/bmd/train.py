@@ -59,6 +59,7 @@ from sonogate.tasks.bmd.net import (
     BmdNet,
     Locator,
     Regressor,
+    RegressorEnsemble,
     context_image,
     neck_roi_theta,
     sample_roi,
@@ -78,7 +79,8 @@ class BmdTrainConfig:
     out: str
     labelled_fraction: float = 0.10
     method: str = "st_triplet"
-    seed: int = 0
+    seed: int = 0  # weights and batches; also the split and the labelled patients unless split_seed is set
+    split_seed: int | None = None  # the patient split and the labelled patients (members of one ensemble share it)
     size: int = INPUT_SIZE
     mean: float = MEAN
     std: float = STD
@@ -246,11 +248,11 @@ def rois_at(sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np
     return (out, context_image(src)) if with_context else out
 
 
-def regressor_inputs(reg: Regressor, sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np.ndarray,
+def regressor_inputs(reg: Regressor | RegressorEnsemble, sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np.ndarray,
                      gen: torch.Generator | None = None, jitter: float = 0.0, scale_jitter: float = 0.0):
     """What ``reg`` reads for these hips: (ROIs, their whole radiographs pooled, or None without a context
     encoder)."""
-    if reg.context is None:
+    if not reg.uses_context:
         return rois_at(sources, img_idx, sides, pts, gen, jitter, scale_jitter), None
     return rois_at(sources, img_idx, sides, pts, gen, jitter, scale_jitter, with_context=True)
 
@@ -357,7 +359,7 @@ def fit_regressor(reg: Regressor, sources, folder: BmdFolder, sets: list[tuple[H
 
 
 @torch.no_grad()
-def predict_hips(reg: Regressor, sources, img: np.ndarray, side: np.ndarray, pts: np.ndarray,
+def predict_hips(reg: Regressor | RegressorEnsemble, sources, img: np.ndarray, side: np.ndarray, pts: np.ndarray,
                  gen: torch.Generator | None = None, jitter: float = 0.0, repeats: int = 1,
                  batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """BMD of hips at landmarks ``pts`` (M, 4, 2): (mean over ``repeats`` jittered ROIs, their SD)."""
@@ -374,7 +376,7 @@ def predict_hips(reg: Regressor, sources, img: np.ndarray, side: np.ndarray, pts
     return runs.mean(0), runs.std(0)
 
 
-def evaluate(reg: Regressor, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
+def evaluate(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
     """The exported pipeline on radiographs ``idx``: landmarks from the locator, ROIs there, BMD per in-field hip.
     Also the same regressor at the true landmarks (``oracle_roi``: how much the locator costs)."""
     pts, _pres, _ = locate(locator, sources, idx)
@@ -389,7 +391,7 @@ def evaluate(reg: Regressor, locator: Locator, sources, folder: BmdFolder, idx: 
     return block
 
 
-def hip_predictions(reg: Regressor, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
+def hip_predictions(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
     """Per in-field hip of radiographs ``idx``: image index, side, true and predicted BMD (the exported pipeline)."""
     pts, _, _ = locate(locator, sources, idx)
     hips = hips_of(folder, idx)
@@ -400,8 +402,10 @@ def hip_predictions(reg: Regressor, locator: Locator, sources, folder: BmdFolder
 
 
 def train_regressor(cfg: BmdTrainConfig, sources, folder: BmdFolder, train_idx, labelled_mask, val_idx,
-                    locator: Locator, log: Callable[[str], None]) -> tuple[Regressor, list[dict]]:
-    """The regressor by ``cfg.method`` (module docstring). Returns it and the validation figures per phase."""
+                    locator: Locator, log: Callable[[str], None],
+                    save_phase: Callable[[str, Regressor], None] | None = None) -> tuple[Regressor, list[dict]]:
+    """The regressor by ``cfg.method`` (module docstring). Returns it and the validation figures per phase;
+    ``save_phase(phase, regressor)`` after each phase (so an earlier phase can be chosen on validation later)."""
     if cfg.method not in METHODS:
         raise DataError(f"--method must be one of {', '.join(METHODS)}, not {cfg.method!r}")
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -416,6 +420,8 @@ def train_regressor(cfg: BmdTrainConfig, sources, folder: BmdFolder, train_idx, 
                          triplet=cfg.method == "st_triplet", desc="supervised", batch_size=cfg.supervised_batch_size)
     val = evaluate(reg, locator, sources, folder, val_idx)
     history.append({"phase": "supervised", "loss": round(loss, 4), "val": val})
+    if save_phase:
+        save_phase("supervised", reg)
     log(f"supervised ({len(labelled)} labelled hips, {cfg.supervised_steps} steps): val r {val['r']:.3f}, "
         f"RMSE {val['rmse']:.4f}")
     if cfg.method == "supervised" or len(unlabelled) == 0:
@@ -434,6 +440,8 @@ def train_regressor(cfg: BmdTrainConfig, sources, folder: BmdFolder, train_idx, 
                              desc=f"self-training round {r + 1}", batch_size=cfg.batch_size)
         val = evaluate(reg, locator, sources, folder, val_idx)
         history.append({"phase": f"round {r + 1}", "loss": round(loss, 4), "val": val})
+        if save_phase:
+            save_phase(f"round{r + 1}", reg)
         log(f"self-training round {r + 1}/{cfg.rounds} ({len(unlabelled)} pseudo-labelled hips): val r "
             f"{val['r']:.3f}, RMSE {val['rmse']:.4f}")
     return reg, history
@@ -446,13 +454,18 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(np.__version__)}
 
 
+def data_seed(cfg: BmdTrainConfig) -> int:
+    """The seed of the patient split and of the labelled patients."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
+
+
 def load_run_data(cfg: BmdTrainConfig, progress: bool = True):
     folder = read_bmd_folder(cfg.data)
     if cfg.max_images:
         folder = folder.subset(np.arange(min(cfg.max_images, len(folder))))
     cache = Path(cfg.data) / f"inputs512_{len(folder)}.npy"
     sources = load_sources(folder, cache if cfg.max_images is None else None, progress)
-    return folder, sources, split_patients(folder, cfg.seed)
+    return folder, sources, split_patients(folder, data_seed(cfg))
 
 
 def run_bmd_training(cfg: BmdTrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -484,8 +497,9 @@ def run_bmd_training(cfg: BmdTrainConfig, log: Callable[[str], None] = print) ->
     if jitter != cfg.jitter:
         log(f"landmark jitter {cfg.jitter:.4f} -> {jitter:.4f} (the locator's validation error)")
         cfg = replace(cfg, jitter=jitter)
-    labelled_mask = labelled_patients(folder, train_idx, cfg.labelled_fraction, cfg.seed)
-    reg, history = train_regressor(cfg, sources, folder, train_idx, labelled_mask, splits["val"], locator, log)
+    labelled_mask = labelled_patients(folder, train_idx, cfg.labelled_fraction, data_seed(cfg))
+    reg, history = train_regressor(cfg, sources, folder, train_idx, labelled_mask, splits["val"], locator, log,
+                                   save_phase=lambda phase, r: torch.save(r.state_dict(), phase_file(out, phase)))
     metrics = {
         "method": cfg.method,
         "labelled_fraction": cfg.labelled_fraction,
@@ -509,7 +523,7 @@ def run_bmd_training(cfg: BmdTrainConfig, log: Callable[[str], None] = print) ->
                  "licence": "synthetic phantom (sonogate phantom bmd), no patient data",
                  "heldout_groups": sorted(set(folder.patients[np.concatenate([splits['val'], splits['cal'],
                                                                              splits['test']])].tolist())),
-                 "splits_seed": cfg.seed},
+                 "splits_seed": data_seed(cfg)},
         "locator": locator.state_dict(),
         "locator_width": cfg.locator_width,
         "regressor": reg.state_dict(),
@@ -526,12 +540,25 @@ def run_bmd_training(cfg: BmdTrainConfig, log: Callable[[str], None] = print) ->
     return metrics
 
 
+def phase_file(run: str | Path, phase: str) -> Path:
+    """RUN/regressor_<phase>.pt: the regressor's weights after one training phase (supervised, round1, ...)."""
+    return Path(run) / f"regressor_{phase}.pt"
+
+
+def build_regressor(entry: dict) -> Regressor:
+    """A regressor from a checkpoint or an ensemble member entry (``width``, ``context_width``, ``regressor``)."""
+    reg = Regressor(int(entry["width"]), int(entry.get("context_width", 0)))
+    reg.load_state_dict(entry["regressor"])
+    return reg
+
+
 def build_bmd_model(ckpt: dict) -> BmdNet:
-    """The exported graph of a checkpoint (eval mode)."""
+    """The exported graph of a checkpoint (eval mode); with ``members`` (``sonogate bmd ensemble``) the regressors
+    of all members behind the one locator."""
     locator = Locator(int(ckpt["locator_width"]))
     locator.load_state_dict(ckpt["locator"])
-    reg = Regressor(int(ckpt["width"]), int(ckpt.get("context_width", 0)))
-    reg.load_state_dict(ckpt["regressor"])
+    regressors = [build_regressor(ckpt)] + [build_regressor(m) for m in ckpt.get("members", [])]
+    reg = regressors[0] if len(regressors) == 1 else RegressorEnsemble(regressors)
     return BmdNet(locator, reg).eval()
 
 
@@ -547,14 +574,18 @@ ABLATION_EXTRA = (("supervised", 1.0, {}), ("st_triplet", 0.10, {"intensity_augm
 
 def run_ablation(data: str, out: str, locator: str, fractions=ABLATION_FRACTIONS, methods=METHODS, seed: int = 0,
                  steps: dict | None = None, log: Callable[[str], None] = print, progress: bool = False,
-                 extra=ABLATION_EXTRA) -> dict:
-    """Every (method, labelled fraction) on the short schedule with one shared locator, then ``extra``
-    (method, fraction, config overrides); OUT/<method>_<pct>[_<override>]/ per run (a finished run is skipped, so a
-    killed ablation resumes), OUT/ablation.json and OUT/ablation.md."""
+                 extra=ABLATION_EXTRA, with_extra: bool = True, threads: int = 1) -> dict:
+    """Every (method, labelled fraction) on the schedule ``steps`` (default the short one) with one shared locator,
+    then ``extra`` (method, fraction, config overrides; an override the schedule already sets is not run twice);
+    OUT/<method>_<pct>[_<override>]/ per run (a finished run is skipped, so a killed ablation resumes, and processes
+    given different ``fractions`` share one folder), OUT/ablation.json and OUT/ablation.md (every finished run
+    of the plan)."""
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     table = []
-    plan = [(m, f, {}) for f in fractions for m in methods] + list(extra)
+    steps = steps or ABLATION_STEPS
+    extra = [(m, f, o) for m, f, o in extra if any(steps.get(k) != v for k, v in o.items()) or not o]
+    plan = [(m, f, {}) for f in fractions for m in methods] + (list(extra) if with_extra else [])
     for method, fraction, overrides in plan:
         suffix = "".join(f"_{k}{v:g}" for k, v in overrides.items())
         run = root / f"{method}_{round(fraction * 100):02d}{suffix}"
@@ -563,13 +594,13 @@ def run_ablation(data: str, out: str, locator: str, fractions=ABLATION_FRACTIONS
         else:
             log(f"ablation: {method} at {fraction:.0%} labelled {overrides or ''}")
             cfg = BmdTrainConfig(data=data, out=str(run), labelled_fraction=fraction, method=method, seed=seed,
-                                 locator=locator, progress=progress, **{**(steps or ABLATION_STEPS), **overrides})
+                                 locator=locator, progress=progress, threads=threads, **{**steps, **overrides})
             metrics = run_bmd_training(cfg, log)
         table.append({"method": method, "labelled_fraction": fraction, "overrides": overrides,
                       "n_labelled_images": metrics["n_labelled_images"],
                       **{k: {m: metrics[k][m] for m in ("r", "rmse", "mae", "osteoporosis_auc", "n_hips")}
                          for k in ("val", "heldout", "external")}})
-        result = {"schedule": steps or ABLATION_STEPS, "seed": seed, "data": str(Path(data).resolve()), "rows": table}
+        result = {"schedule": steps, "seed": seed, "data": str(Path(data).resolve()), "rows": table}
         (root / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
         (root / "ablation.md").write_text(ablation_markdown(result))
     return result
