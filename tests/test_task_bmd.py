@@ -524,5 +524,5 @@ def test_ensemble_refuses_members_with_another_locator(tmp_path):
     first, second = tiny_run(tmp_path / "a", 0), tiny_run(tmp_path / "b", 1)
     with pytest.raises(DataError, match="another locator"):
         write_ensemble_run([str(first), str(second)], tmp_path / "e")
-    with pytest.raises(DataError, match="already an ensemble|no checkpoint"):
+    with pytest.raises(DataError, match="no training checkpoint"):
         write_ensemble_run([str(tmp_path / "missing")], tmp_path / "e")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sonogate.errors import DataError
+from sonogate.export.bundle import read_run_checkpoint
 from sonogate.tasks.bmd.train import (
     BMD_CHECKPOINT_FORMAT,
     BmdTrainConfig,
@@ -35,12 +36,9 @@ def parse_member(spec: str) -> tuple[Path, str | None]:
 def load_member(spec: str) -> dict:
     """The checkpoint of ``spec``, its regressor replaced by the named phase's; ``member`` says where it came from."""
     run, phase = parse_member(spec)
-    path = run / "checkpoint.pt"
-    if not path.is_file():
-        raise DataError(f"no checkpoint.pt in {run} (a sonogate bmd train run folder)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_run_checkpoint(run)
     if ckpt.get("format") != BMD_CHECKPOINT_FORMAT:
-        raise DataError(f"{path} is not a sonogate BMD training checkpoint ({BMD_CHECKPOINT_FORMAT})")
+        raise DataError(f"{run} is not a sonogate BMD training run ({BMD_CHECKPOINT_FORMAT})")
     if ckpt.get("members"):
         raise DataError(f"{run} is already an ensemble: name its member runs instead")
     if phase is not None:
@@ -57,9 +55,9 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def write_ensemble_run(specs: list[str], out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """OUT/checkpoint.pt and OUT/metrics.json of the ensemble of ``specs`` (one spec: that phase as a run).
-    Members must share the locator weights, the data folder and its split; returns the metrics."""
+def combine(specs: list[str]) -> tuple[dict, list[dict]]:
+    """One checkpoint of the members ``specs`` (one spec: that phase as a run) and the members' own checkpoints.
+    Members must share the locator weights, the data folder and its split."""
     if not specs:
         raise DataError("name at least one --member RUN[@PHASE]")
     members = [load_member(spec) for spec in specs]
@@ -76,6 +74,13 @@ def write_ensemble_run(specs: list[str], out: str | Path, log: Callable[[str], N
     ckpt["members"] = [{"regressor": m["regressor"], "width": m["width"], "context_width": m.get("context_width", 0),
                         "member": m["member"]} for m in members[1:]]
     ckpt["ensemble"] = [m["member"] for m in members]
+    return ckpt, members
+
+
+def write_ensemble_run(specs: list[str], out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """OUT/checkpoint.pt and OUT/metrics.json of the ensemble of ``specs`` (``combine``); returns the metrics."""
+    ckpt, members = combine(specs)
+    first = members[0]
     net = build_bmd_model(ckpt)
     cfg = first["config"]
     known = BmdTrainConfig.__dataclass_fields__
