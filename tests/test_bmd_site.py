@@ -116,6 +116,7 @@ def test_recalibrate_without_osteoporotic_patients_refers_every_hip(site, tmp_pa
                        "--out", str(out)])
     assert code == 0, text
     assert "every hip is referred" in text and "--osteoporotic" in text
+    assert "not bound to a device" in text  # no --device: said, not silently inherited
     bundle = load_bundle(out)
     base = load_bundle(SHIPPED)
     provenance = bundle.manifest["provenance"]["site_recalibration"]
@@ -142,10 +143,15 @@ def test_recalibrate_with_osteoporotic_patients_calibrates_the_screening_bound(s
     assert n_osteo >= minimum_osteoporotic(DELTA) + 2
     out = tmp_path / "bundle_E"
     code, text = _cli(["bmd", "recalibrate", "--bundle", str(SHIPPED), "--data", str(root / "sample"),
-                       "--osteoporotic", str(root / "osteoporotic"), "--out", str(out)])
+                       "--osteoporotic", str(root / "osteoporotic"), "--out", str(out),
+                       "--device", "sonogate  phantom E"])
     assert code == 0, text
     bundle = load_bundle(out)
     cal = load_calibration(bundle.calibration_path, bundle_hash=bundle.bundle_hash)
+    # bound to the site's device (blanks normalised); the base bundle's phantom devices A-D are not carried over
+    assert cal.guarantee["devices"] == ["sonogate phantom E"]
+    base = load_calibration(load_bundle(SHIPPED).calibration_path)
+    assert base.guarantee["devices"] == [f"sonogate phantom {d}" for d in "ABCD"]
     decision = cal.measurements["bmd_g_cm2_decision"]
     assert decision.radius is not None and decision.n >= minimum_osteoporotic(DELTA)
     assert decision.k <= decision.n
