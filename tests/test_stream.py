@@ -73,7 +73,9 @@ def test_udp_stream_live_lost_and_back(tmp_path):
     grabber = None
     try:
         def factory():
-            return open_source(url, open_timeout_s=2.0, read_timeout_s=1.0)
+            # 5 s to open: a cold ffmpeg on a busy CI machine once took over 2 s to send its first packet; loss
+            # below is detected by the read timeout and staleness, which stay short
+            return open_source(url, open_timeout_s=5.0, read_timeout_s=1.0)
 
         grabber = LatestFrameGrabber(factory, stale_after_s=1.0, reconnect_backoff_s=(0.25, 0.5, 1.0)).start()
         # 1. frames arrive, state live
