@@ -62,9 +62,14 @@ DEFAULT_CHECKS = {"in_field_min_probability": 0.5, "landmark_peak_min": 0.0, "ne
                   "ood_threshold": None, "image_ood_threshold": None, "image_std_min": 0.03, "image_clipped_max": 0.5}
 
 
+def device_name(text: Any) -> str:
+    """A device name with its blanks collapsed ("ACME  DR-1 " -> "ACME DR-1"); "" when there is none."""
+    return " ".join(str(text or "").split())
+
+
 def device_key(name: str) -> str:
     """Device names compare without case and repeated blanks ("SIEMENS  Ysio" == "Siemens Ysio")."""
-    return " ".join(str(name).split()).casefold()
+    return device_name(name).casefold()
 
 
 def acquisition_device(image: Any | None) -> str | None:
@@ -72,9 +77,8 @@ def acquisition_device(image: Any | None) -> str | None:
     header = getattr(image, "header", None)
     if header is None:
         return None
-    parts = [" ".join(str(header.get(keyword, "") or "").split()) for keyword in ("Manufacturer",
-                                                                                   "ManufacturerModelName")]
-    return " ".join(p for p in parts if p) or None
+    return device_name(" ".join(str(header.get(k, "") or "") for k in ("Manufacturer", "ManufacturerModelName"))) \
+        or None
 
 
 def t_score(bmd_g_cm2: float) -> float:
@@ -187,6 +191,7 @@ class BmdModel(InputModel):
         self.threshold = T_THRESHOLD
         devices = None if self.calibration is None else self.calibration.guarantee.get("devices")
         self.devices = None if devices is None else [str(d) for d in devices]
+        self.device_keys = None if devices is None else {device_key(d) for d in self.devices}
         if self.calibration is not None and "t_score" in self.calibration.thresholds:
             self.threshold = float(self.calibration.thresholds["t_score"])
 
@@ -240,7 +245,7 @@ class BmdModel(InputModel):
             notes.append("acquisition device unknown (no DICOM Manufacturer / model): the calibration's devices ("
                          + ", ".join(self.devices) + ") assumed")
             return None
-        if device_key(device) in {device_key(d) for d in self.devices}:
+        if device_key(device) in self.device_keys:
             return None
         return (f"calibration does not cover device {device!r} (calibrated for: {', '.join(self.devices)}): "
                 "no bounds; recalibrate the bundle for this device (sonogate bmd recalibrate --device)")

@@ -44,6 +44,7 @@ from sonogate.tasks.bmd.calibrate import (
     osteoporotic_images,
 )
 from sonogate.tasks.bmd.data import read_label_rows
+from sonogate.tasks.bmd.model import device_name
 
 SIDE_NAMES = {"r": 0, "right": 0, "l": 1, "left": 1}
 _COLUMNS = ("image", "patient_id", "side", "bmd_g_cm2")
@@ -131,7 +132,8 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
     start = time.perf_counter()
     if not 0 < delta < 1:
         raise SonogateError(f"--delta must be in (0, 1), got {delta}")
-    if devices is not None and not all(" ".join(str(d).split()) for d in devices):
+    devices = [device_name(d) for d in devices] if devices else None
+    if devices is not None and not all(devices):
         raise SonogateError("--device needs a name (Manufacturer ManufacturerModelName as the DICOM header says)")
     base = load_bundle(bundle_dir)
     if base.task != "bmd":
@@ -188,7 +190,7 @@ def recalibrate_site(bundle_dir: str | Path, data: str | Path, out: str | Path, 
         "n_patients": len(patients), "n_fit_radiographs": int(fit_idx.size),
         "n_interval_radiographs": int(conformal_idx.size), "n_osteoporotic_radiographs": n_osteo,
         "delta": delta, "seed": seed, "refit": refit, "affine": {"a": cal["a"], "b": cal["b"]},
-        "devices": [" ".join(d.split()) for d in devices] if devices else None,
+        "devices": devices,
         "interval_radius_g_cm2": cal["radius"], "screening_radius_g_cm2": cal["decision_radius"],
         "screening": "calibrated on the site's osteoporotic hips" if cal["decision_radius"] is not None else
                      f"not calibrated: {n_osteo} radiographs with an osteoporotic hip, {need} needed: every hip "

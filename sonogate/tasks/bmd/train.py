@@ -248,8 +248,9 @@ def rois_at(sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np
     return (out, context_image(src)) if with_context else out
 
 
-def regressor_inputs(reg: Regressor | RegressorEnsemble, sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray, pts: np.ndarray,
-                     gen: torch.Generator | None = None, jitter: float = 0.0, scale_jitter: float = 0.0):
+def regressor_inputs(reg: Regressor | RegressorEnsemble, sources: np.ndarray, img_idx: np.ndarray, sides: np.ndarray,
+                     pts: np.ndarray, gen: torch.Generator | None = None, jitter: float = 0.0,
+                     scale_jitter: float = 0.0):
     """What ``reg`` reads for these hips: (ROIs, their whole radiographs pooled, or None without a context
     encoder)."""
     if not reg.uses_context:
@@ -376,7 +377,8 @@ def predict_hips(reg: Regressor | RegressorEnsemble, sources, img: np.ndarray, s
     return runs.mean(0), runs.std(0)
 
 
-def evaluate(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
+def evaluate(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder,
+             idx: np.ndarray) -> dict:
     """The exported pipeline on radiographs ``idx``: landmarks from the locator, ROIs there, BMD per in-field hip.
     Also the same regressor at the true landmarks (``oracle_roi``: how much the locator costs)."""
     pts, _pres, _ = locate(locator, sources, idx)
@@ -391,7 +393,8 @@ def evaluate(reg: Regressor | RegressorEnsemble, locator: Locator, sources, fold
     return block
 
 
-def hip_predictions(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder, idx: np.ndarray) -> dict:
+def hip_predictions(reg: Regressor | RegressorEnsemble, locator: Locator, sources, folder: BmdFolder,
+                    idx: np.ndarray) -> dict:
     """Per in-field hip of radiographs ``idx``: image index, side, true and predicted BMD (the exported pipeline)."""
     pts, _, _ = locate(locator, sources, idx)
     hips = hips_of(folder, idx)
