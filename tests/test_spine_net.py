@@ -378,3 +378,59 @@ def test_dual_centre_encodes_the_xray_in_its_own_frame(torch):
     with torch.no_grad():
         out = net(us, xray)
     assert out["completed"].shape == (1, 512, 3)
+
+
+def test_kept_ultrasound_points_replace_the_nearest_refined_ones(torch, tmp_path):
+    """``us_kept_share``: every k-th ultrasound point is in the output as given, the refined points nearest to
+    them are the ones dropped, the output stays 2,048 points, and ONNX Runtime keeps the same points."""
+    ort = pytest.importorskip("onnxruntime")
+    from sonogate.tasks.spine.net import CompletionNet, export_onnx, parity
+
+    completed = torch.tensor([[[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.2, 0.1, 0.0]]])
+    us = torch.tensor([[[0.1, 0.0, 0.0], [5.0, 5.0, 5.0], [0.0, 9.9, 0.0], [7.0, 7.0, 7.0]]])
+    net = CompletionNet("us", n_coarse=1, us_kept_share=0.5)
+    assert net.n_us_kept == 2
+    merged = net.keep_measured(completed, us)
+    # kept: us points 0 and 2 (stride 2); distances of the refined points to them: 0.1, 9.9, 0.1, 0.14, so the
+    # two farthest, (10, 0, 0) and (0.2, 0.1, 0), stay
+    assert merged.shape == (1, 4, 3)
+    assert torch.equal(merged[0, 2:], us[0, ::2])
+    stayed = sorted(tuple(round(v, 4) for v in p) for p in merged[0, :2].tolist())
+    assert stayed == [(0.2, 0.1, 0.0), (10.0, 0.0, 0.0)]
+    assert CompletionNet("xray", us_kept_share=0.2).n_us_kept == 0  # no ultrasound to keep
+    with pytest.raises(SonogateError, match="us_kept_share"):
+        CompletionNet("us", us_kept_share=0.8)
+
+    us_in, xray_in = _inputs(torch, batch=2, seed=3)
+    torch.manual_seed(0)
+    net = CompletionNet("early+late", xray_embedding="half_path", centre="xray", seed_share=0.75,
+                        us_kept_share=0.2).eval()
+    with torch.no_grad():
+        reference = net(us_in, xray_in)["completed"]
+    assert net.n_us_kept == 410
+    kept = us_in[:, ::4][:, :410]  # stride 2048 // 410
+    assert reference.shape == (2, 2048, 3)
+    assert torch.allclose(reference[:, -410:], kept, atol=1e-4)
+    session = ort.InferenceSession(str(export_onnx(net, tmp_path / "kept.onnx")), providers=["CPUExecutionProvider"])
+    got = session.run(["completed"], {"us_points": us_in.numpy(), "xray_points": xray_in.numpy()})[0]
+    assert parity(got, reference.numpy())["agrees"]
+
+
+def test_anterior_seed_region_lifts_the_front_half_of_the_silhouette(torch):
+    """``seed_region="anterior"``: the seed lifts the most anterior (lowest y) half of twice as many strided X-ray
+    points, so every seeded point lies in front of the rest of those candidates."""
+    from sonogate.tasks.spine.net import CompletionNet
+
+    us, xray = _inputs(torch, seed=4)
+    net = CompletionNet("early+late", n_coarse=128, xray_embedding="half_path", centre="xray", seed_share=0.5,
+                        seed_region="anterior").eval()
+    normalised_us, normalised_xray, centre = net.normalise(us, xray)
+    points, half_path = net.seed_points(normalised_xray, centre)
+    assert points.shape == (1, net.n_seed, 3) and half_path.shape == (1, net.n_seed, 1)
+    candidates = normalised_xray[:, ::2048 // (2 * net.n_seed)][:, :2 * net.n_seed]
+    threshold = torch.sort(candidates[0, :, 1]).values[net.n_seed - 1]
+    assert bool((points[0, :, 1] <= threshold).all())
+    with torch.no_grad():
+        assert net(us, xray)["completed"].shape == (1, 512, 3)
+    with pytest.raises(SonogateError, match="seed region"):
+        CompletionNet("early+late", seed_region="posterior")

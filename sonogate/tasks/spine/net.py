@@ -31,6 +31,11 @@ A lean, CPU-sized version of the paper's VRCNet-based two-stage network, exporta
   dense X-ray points crowd out the ultrasound ones: in a first short run that trained worse than ultrasound
   alone); each coarse point is unfolded into 4 children by a 2 x 2 grid code and an MLP predicts each child's
   offset: 512 x 4 = 2,048 points.
+* **Measured points kept** (``us_kept_share``, optional): a share of the output is the ultrasound input itself
+  (every k-th input point: the clouds are furthest-point ordered), and the refined points nearest to those are
+  dropped so the output stays 2,048 points (PoinTr and SnowflakeNet keep the partial input the same way). What
+  the probe measured (the arch's posterior surface, jitter 0.4 mm) then reaches the output as measured, and the
+  network's points go where the probe saw nothing. A top-k on distances: exportable, deterministic.
 
 Ablation switches (``MODES``): "us" (ultrasound only, both stages), "xray" (X-ray only, both stages),
 "early" (both at the coarse stage, ultrasound only at refinement), "late" (ultrasound only at the coarse stage,
@@ -68,7 +73,11 @@ N_NEIGHBOURS = 8
 # "half_path" x = half the bone path length along the ray (mm; Beer-Lambert from the pixel: phantom.xray_cloud)
 XRAY_EMBEDDINGS = ("plane", "half_path")
 CENTRES = ("us", "xray", "dual")
+# which X-ray points the seed lifts: spread over the whole silhouette, or the anterior half only (the body,
+# whose convex cross-section the -/+ L / 2 lift fits; the arch is left to the decoder and the ultrasound)
+SEED_REGIONS = ("all", "anterior")
 SEED_HALF_WIDTH = 0.15  # initial lateral offset of the lifted X-ray seed points: 15 mm, a lumbar body's half width
+MAX_US_KEPT_SHARE = 0.5
 COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
 INPUT_NAMES = ("us_points", "xray_points")
 OUTPUT_NAMES = ("completed", "coarse")
@@ -158,6 +167,12 @@ def _gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, nn.functional.softplus(raw) + 1e-4
 
 
+def pairwise_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances (B, Na, Nb) of (B, Na, 3) and (B, Nb, 3) as |a|^2 + |b|^2 - 2 a.b: one MatMul in ONNX.
+    For choosing neighbours (an index), not for a loss: rounding can make it slightly negative."""
+    return (a ** 2).sum(2, keepdim=True) + (b ** 2).sum(2).unsqueeze(1) - 2 * a @ b.transpose(1, 2)
+
+
 def _gather_points(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values (B, N, C), index (B, M, K) -> (B, M, K, C) (GatherElements in ONNX)."""
     batch, m_points, k = index.shape
@@ -216,8 +231,7 @@ class Refiner(nn.Module):
             # |a|^2 + |b|^2 - 2 a.b: one MatMul. Summing squared coordinate differences instead (a (B, Nc, N, 3)
             # broadcast) took 170 of 210 ms per vertebra in ONNX Runtime on one core and picked the same
             # neighbours up to near-ties (which no formula removes: ``parity``)
-            dist2 = ((coarse_used ** 2).sum(2, keepdim=True) + (xyz_used ** 2).sum(2).unsqueeze(1)
-                     - 2 * coarse_used @ xyz_used.transpose(1, 2))
+            dist2 = pairwise_squared(coarse_used, xyz_used)
             neighbours = torch.topk(dist2, N_NEIGHBOURS, dim=2, largest=False).indices  # (B, Nc, K)
         relative = _gather_points(xyz_used, neighbours) - coarse_used.unsqueeze(2)
         pair = torch.relu(_gather_points(point_layer(embedded), neighbours) + offset_layer(relative / 0.05))
@@ -296,11 +310,15 @@ class CompletionNet(nn.Module):
     ``xray_seed``: lift X-ray points into ``seed_share`` of the coarse cloud (``XraySeed``; only where the mode
     uses the X-ray at the coarse stage; False: the decoder makes every coarse point, the first version's network).
     ``xray_embedding``: what the X-ray cloud's x holds (``XRAY_EMBEDDINGS``).
+    ``seed_region``: the X-ray points the seed lifts (``SEED_REGIONS``).
+    ``us_kept_share``: share of the completed points that are ultrasound input points (``keep_measured``; 0: none;
+    only modes that take the ultrasound).
     """
 
     def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
                  encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us",
-                 xray_embedding: str = "plane", seed_share: float = 0.5, seed_copies: int = 2):
+                 xray_embedding: str = "plane", seed_share: float = 0.5, seed_copies: int = 2,
+                 us_kept_share: float = 0.0, seed_region: str = "all"):
         super().__init__()
         if centre not in CENTRES:
             raise SonogateError(f"unknown normalisation centre {centre!r}; expected one of {CENTRES}")
@@ -315,6 +333,13 @@ class CompletionNet(nn.Module):
             raise SonogateError(f"seed_share must be within (0, 1), got {seed_share}")
         self.seed_share = float(seed_share)
         self.seed_copies = int(seed_copies)
+        if seed_region not in SEED_REGIONS:
+            raise SonogateError(f"unknown seed region {seed_region!r}; expected one of {SEED_REGIONS}")
+        self.seed_region = seed_region
+        if not 0.0 <= us_kept_share <= MAX_US_KEPT_SHARE:
+            raise SonogateError(f"us_kept_share must be within 0..{MAX_US_KEPT_SHARE}, got {us_kept_share}")
+        self.us_kept_share = float(us_kept_share) if self.sources["refine_us"] else 0.0
+        self.n_us_kept = round(n_coarse * UP_RATIO * self.us_kept_share)
         # X-ray points lifted (seed_copies coarse points each)
         self.n_seed = (round(n_coarse * seed_share / seed_copies)
                        if (xray_seed and self.sources["coarse_xray"]) else 0)
@@ -392,8 +417,17 @@ class CompletionNet(nn.Module):
         runtime's clouds are furthest-point ordered, so a stride spreads them over the silhouette), at the
         mid-sagittal plane, and their half path lengths (B, K, 1) (None with the "plane" embedding).
         ``xray`` as ``normalise`` returns it, ``centre`` (B, 1, 3) mm."""
-        stride = max(1, xray.shape[1] // self.n_seed)
-        chosen = xray[:, ::stride][:, :self.n_seed]
+        if self.seed_region == "anterior":
+            # twice as many strided candidates, then the most anterior (lowest y) half of them
+            stride = max(1, xray.shape[1] // (2 * self.n_seed))
+            candidates = xray[:, ::stride][:, :2 * self.n_seed]
+            with torch.no_grad():
+                front = torch.topk(candidates[:, :, 1], self.n_seed, dim=1, largest=False).indices
+                front = torch.sort(front, dim=1).values
+            chosen = torch.gather(candidates, 1, front.unsqueeze(2).expand(-1, -1, 3))
+        else:
+            stride = max(1, xray.shape[1] // self.n_seed)
+            chosen = xray[:, ::stride][:, :self.n_seed]
         if self.xray_embedding != "half_path":
             return chosen, None
         mid_plane_x = (-centre[:, :, :1] / SCALE_MM).expand(-1, chosen.shape[1], 1)
@@ -422,7 +456,21 @@ class CompletionNet(nn.Module):
             inputs.append((us, SOURCE_US))
         if self.sources["refine_xray"]:
             inputs.append((xray, SOURCE_XRAY))
-        return self.refiner(coarse, inputs, feature)
+        return self.keep_measured(self.refiner(coarse, inputs, feature), us)
+
+    def keep_measured(self, completed: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+        """``completed`` (B, M, 3) with ``n_us_kept`` of its points replaced by ultrasound points (B, N, 3): every
+        (N // n)-th input point is kept, and the refined points nearest to any of them are dropped (the M - n
+        farthest stay). Same units in and out; unchanged when nothing is kept."""
+        if not self.n_us_kept:
+            return completed
+        stride = max(1, us.shape[1] // self.n_us_kept)
+        kept = us[:, ::stride][:, :self.n_us_kept]
+        with torch.no_grad():  # which points stay: an index, no gradient
+            dist2 = pairwise_squared(completed, kept)
+            stay = torch.topk(dist2.min(dim=2).values, completed.shape[1] - kept.shape[1], dim=1).indices
+            stay = torch.sort(stay, dim=1).values  # the refined points keep their order: no reshuffle on near-ties
+        return torch.cat([torch.gather(completed, 1, stay.unsqueeze(2).expand(-1, -1, 3)), kept], dim=1)
 
     def forward(self, us_points: torch.Tensor, xray_points: torch.Tensor,
                 complete: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

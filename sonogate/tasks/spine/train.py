@@ -212,7 +212,8 @@ def net_config(net) -> dict:
     """The constructor arguments that rebuild ``net`` (``CompletionNet(**config)``), kept in checkpoints."""
     return {"mode": net.mode, "n_coarse": net.n_coarse, "xray_seed": net.xray_seed is not None,
             "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share,
-            "seed_copies": net.seed_copies}
+            "seed_copies": net.seed_copies, "us_kept_share": net.us_kept_share,
+            "seed_region": net.seed_region}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -225,7 +226,8 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
     torch.manual_seed(args.seed)
     net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre,
                         xray_embedding=args.xray_embedding, seed_share=args.seed_share,
-                        seed_copies=args.seed_copies)
+                        seed_copies=args.seed_copies, us_kept_share=args.us_kept_share,
+                        seed_region=args.seed_region)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
@@ -234,6 +236,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         # runs from before the centre and the embedding existed
         saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
+                        "us_kept_share": 0.0, "seed_region": "all",
                         **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
@@ -372,6 +375,10 @@ def parse_args(argv=None):
                         help="share of the coarse points that are lifted X-ray points (net.XraySeed)")
     parser.add_argument("--seed-copies", type=int, default=2,
                         help="coarse points lifted from each seeded X-ray point, spread over its width (net.XraySeed)")
+    parser.add_argument("--seed-region", choices=("all", "anterior"), default="all",
+                        help="X-ray points the seed lifts: the whole silhouette or its anterior half (net)")
+    parser.add_argument("--us-kept-share", type=float, default=0.0,
+                        help="share of the output that is ultrasound input points, kept as measured (net)")
     parser.add_argument("--xray-embedding", choices=("plane", "half_path"), default="plane",
                         help="the X-ray cloud's x: 0 (plane, the paper's) or half the bone path length (half_path)")
     args = parser.parse_args(argv)
