@@ -151,8 +151,8 @@ def evaluate(bundle: str, seed: int = 0, device: str = "auto") -> dict:
 
 def to_markdown(result: dict) -> str:
     lines = [
-        "| input | must refuse | frames | refused (image gates) | refused (OOD features) | refused (plane head) "
-        "| accepted | us_sufficient frames |",
+        ("| input | must refuse | frames | refused (image gates) | refused (OOD features) | refused (plane head) "
+        "| accepted | us_sufficient frames |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

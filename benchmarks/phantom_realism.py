@@ -40,8 +40,8 @@ from sonogate.data.folder import resize_gray
 from sonogate.phantom.cine import sweep_frames
 from sonogate.phantom.devices import DEVICES, TRAIN_DEVICES
 from sonogate.phantom.hip_us import DEFECTS, render_us_frame, sample_hip_params
-from sonogate.tasks.hip_xr.phantom import render_xr_frame, sample_xr_params
 from sonogate.runtime.image_stats import describe_images
+from sonogate.tasks.hip_xr.phantom import render_xr_frame, sample_xr_params
 
 STAT_SIZE = 256
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 9]  # docs images: smallest files

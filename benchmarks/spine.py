@@ -194,10 +194,10 @@ def plot(sweep_result: dict, table: dict, path: Path) -> None:
 
 def markdown(result: dict) -> str:
     lines = ["# Spine completion benchmark", "", f"Command: `{result['command']}`", "",
-             f"Data: {result['data']} ({result['n_test']} held-out test cases of sources "
-             f"{', '.join(result['test_sources'])}); machine: {result['machine']}.", "",
-             "| mode | epochs (best) | train min | val body | test body CD-L2 x1e4 | arch | whole | body mean / p95 mm "
-             "| body F1 | body vs us | arch vs us | body better than us |", "|---" * 12 + "|"]
+             (f"Data: {result['data']} ({result['n_test']} held-out test cases of sources "
+             f"{', '.join(result['test_sources'])}); machine: {result['machine']}."), "",
+             ("| mode | epochs (best) | train min | val body | test body CD-L2 x1e4 | arch | whole | body mean / p95 mm "
+             "| body F1 | body vs us | arch vs us | body better than us |"), "|---" * 12 + "|"]
     for mode, r in result["ablation"].items():
         better = r.get("body_better_than_us_cases") or ["", ""]
         lines.append(
@@ -221,8 +221,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {key} {row['step']:g} {unit} | {row['body_cd_l2_x1e4']:.2f} | "
                          f"{row['arch_cd_l2_x1e4']:.2f} |")
     if result.get("path_scale_sweep"):
-        lines += ["", "Attenuation sweep (bundle model, test cases; the X-ray cloud's half path lengths scaled, "
-                  "as a wrong assumed attenuation would; CD-L2 x 10^4):", "",
+        lines += ["", ("Attenuation sweep (bundle model, test cases; the X-ray cloud's half path lengths scaled, "
+                  "as a wrong assumed attenuation would; CD-L2 x 10^4):"), "",
                   "| path length x | body | arch |", "|---|---|---|"]
         for row in result["path_scale_sweep"]:
             lines.append(f"| {row['path_scale']:g} | {row['body_cd_l2_x1e4']:.2f} | {row['arch_cd_l2_x1e4']:.2f} |")

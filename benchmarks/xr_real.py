@@ -36,8 +36,8 @@ SIDES = ("right", "left")
 def evaluate(bundle: str, data: Path = DATA, device: str = "auto") -> dict:
     """Run the bundle on every radiograph that has a landmark JSON. Output: the report dict."""
     from sonogate.data.dicom import read_dicom
-    from sonogate.tasks.hip_xr.data import retuve_reference
     from sonogate.runtime.analyze import XrayModel
+    from sonogate.tasks.hip_xr.data import retuve_reference
 
     model = XrayModel(bundle, device=device, threads=1)
     rows = []

@@ -7,6 +7,7 @@ lower bound; ``"upper"`` means high values are abnormal (beta, acetabular index)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -45,7 +46,7 @@ RULES: dict[str, tuple[tuple[str, ...], str]] = {
 
 def graf_type(alpha_deg: float, beta_deg: float | None = None) -> str:
     """Graf type from alpha (and beta where it separates Ia/Ib and IIc/D); age-dependent IIa/IIb reported as II."""
-    if alpha_deg != alpha_deg:  # NaN
+    if math.isnan(alpha_deg):
         return "?"
     if alpha_deg >= 60.0:
         if beta_deg is None:

@@ -23,7 +23,8 @@ def _write_video(path, frames, fps=30.0):
 
 
 def _sonogate(*args):
-    return subprocess.run([sys.executable, "-m", "sonogate.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sonogate.cli", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def test_run_file_headless_writes_events(tmp_path):

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from models_fixture import phantom_folder
 
-from sonogate.tasks.hip_us.geometry import GRAF_LANDMARKS, GrafGeometry
 from sonogate.models.heads import LandmarkHead
+from sonogate.tasks.hip_us.geometry import GRAF_LANDMARKS, GrafGeometry
 from sonogate.tasks.hip_us.train import TrainConfig, run_training
 
 hip_us = pytest.importorskip("sonogate.phantom.hip_us")

@@ -502,7 +502,7 @@ def test_ensemble_averages_its_members_in_one_onnx_graph_with_their_heads_float(
     single = build_bmd_model({k: v for k, v in ckpt.items() if k != "members"})
     image = torch.randn(2, 1, 512, 512) * 0.3
     with torch.no_grad():
-        bmd, points, *_, features = net(image)
+        bmd, _, *_, features = net(image)
         alone = single(image)[0]
         other = BmdNet(single.locator, net.regressor.members[1]).eval()(image)[0]
     assert torch.allclose(bmd, (alone + other) / 2, atol=1e-6) and features.shape == (2, 2, 256)

@@ -26,7 +26,8 @@ class EventLog:
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "w", buffering=1)
+                # open for the stream's whole life (line-buffered, one event per line); close() ends it
+                self._handle = open(self.path, "w", buffering=1)  # noqa: SIM115
             except OSError as exc:
                 raise SonogateError(f"cannot write events file {self.path}: {exc.strerror or exc}") from None
         self.latencies_ms: list[float] = []

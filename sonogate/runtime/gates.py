@@ -23,7 +23,7 @@ MIN_TOP_TO_MIDDLE_WIDTH = 0.4  # linear arrays are about as wide at the skin as 
 
 def content_refusal(gray_crop: np.ndarray) -> str | None:
     """Flat or blown-out crop -> reason; ``gray_crop`` is the uint8 model-sized image."""
-    mean, std = cv2.meanStdDev(gray_crop)
+    _, std = cv2.meanStdDev(gray_crop)
     if float(std[0][0]) < MIN_CONTENT_STD:
         return f"no image content (flat crop, grey-level std {float(std[0][0]):.1f})"
     if float(np.count_nonzero(gray_crop >= 250)) / gray_crop.size > MAX_SATURATED:
@@ -39,7 +39,7 @@ def geometry_refusal(frame_bgr: np.ndarray, roi: tuple[int, int, int, int]) -> s
     scale = 160.0 / max(height, width)
     small = cv2.resize(frame_bgr, (max(8, round(width * scale)), max(8, round(height * scale))),
                        interpolation=cv2.INTER_AREA)
-    x, y, w, h = (int(round(v * scale)) for v in roi)
+    x, y, w, h = (round(v * scale) for v in roi)
     x, y = max(0, x), max(0, y)
     region = small[y:y + max(1, h), x:x + max(1, w)]
     if region.size == 0:

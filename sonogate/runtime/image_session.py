@@ -25,7 +25,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import cv2
 import numpy as np
@@ -168,7 +168,7 @@ class ImageSession:
             self.audit.close()
             self.audit = None
 
-    def __enter__(self) -> ImageSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

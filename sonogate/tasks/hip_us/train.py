@@ -34,8 +34,6 @@ from sonogate.data.splits import split_by_group
 from sonogate.errors import DataError
 from sonogate.models.augment import AugmentConfig
 from sonogate.models.encoder import pool
-from sonogate.tasks.hip_us.geometry import line_aware_error
-from sonogate.tasks.hip_us.net import US_NAMES, HipUSNet
 from sonogate.models.simsiam import init_distributed, params_checksum
 from sonogate.models.trainer import (
     CHECKPOINT,
@@ -55,6 +53,8 @@ from sonogate.models.trainer import (
     unlabelled_paths,
 )
 from sonogate.runtime.image_stats import describe_images
+from sonogate.tasks.hip_us.geometry import line_aware_error
+from sonogate.tasks.hip_us.net import US_NAMES, HipUSNet
 
 __all__ = ["CHECKPOINT", "METRICS", "TrainConfig", "build_model", "load_checkpoint", "load_resized", "run_training"]
 CHECKPOINT_FORMAT = "sonogate-run/1"

@@ -117,8 +117,13 @@ def quantize_int8(float_path: Path, int8_path: Path, us: np.ndarray, xray: np.nd
     """Static INT8 QDQ of ``float_path`` calibrated on (us, xray) (C, 2048, 3) mm; returns what was quantised."""
     import tempfile
 
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

@@ -184,7 +184,7 @@ def overlap_fraction(us_points: np.ndarray, grey: np.ndarray) -> float:
     """Share of ultrasound points whose (y, z) lie inside the silhouette grown by ``OVERLAP_MARGIN_MM``."""
     import cv2
 
-    radius = int(round(OVERLAP_MARGIN_MM / XRAY_PIXEL_MM))
+    radius = round(OVERLAP_MARGIN_MM / XRAY_PIXEL_MM)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     grown = cv2.dilate(silhouette(grey).astype(np.uint8), kernel) > 0
     rows, cols = pixel_of(us_points)

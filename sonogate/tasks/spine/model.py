@@ -106,8 +106,8 @@ class SpineCompletionModel(InputModel):
             raise DataError("the model returned non-finite points for this case")
         return {"recommendation": None,
                 "reason": "vertebra completed from ultrasound and a lateral X-ray (shape completion, no decision)",
-                "columns": {"level": case["level"], "n_points": int(len(completed)), "latency_ms": round(latency, 1)},
-                "summary": {"us_points_given": int(len(case["us_raw"])), "xray_overlap": round(case["overlap"], 4),
+                "columns": {"level": case["level"], "n_points": len(completed), "latency_ms": round(latency, 1)},
+                "summary": {"us_points_given": len(case["us_raw"]), "xray_overlap": round(case["overlap"], 4),
                             "completed_extent_mm": [round(float(v), 2) for v in np.ptp(completed, axis=0)],
                             "completed_centroid_mm": [round(float(v), 2) for v in completed.mean(axis=0)]},
                 "_arrays": {"completed": completed, "us_points": case["us_raw"], "xray_grey": case["xray_grey"]}}
