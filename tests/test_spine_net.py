@@ -99,7 +99,7 @@ def test_kl_term_in_training_only_and_inference_is_the_prior_mean(torch):
         feature = net.condition(n_us, n_xray)
         prior_mu, _ = _gaussian(net.prior_head(feature))
         coarse, refine_feature = net.decode_coarse(feature, prior_mu, n_xray, centre)
-        by_hand = net.refine(coarse, refine_feature, n_us, n_xray) * SCALE_MM + centre
+        by_hand = net.refine(coarse, refine_feature, n_us, n_xray)[0] * SCALE_MM + centre
     assert torch.allclose(result["completed"], by_hand, atol=1e-5)
     with pytest.raises(SonogateError, match="unknown completion mode"):
         CompletionNet("ultrasound")
@@ -368,7 +368,7 @@ def test_dual_centre_encodes_the_xray_in_its_own_frame(torch):
     assert net.fusion[0].in_features == 2 * 256 + 2
     _, _, centre = net.normalise(us, xray)
     assert torch.allclose(centre, us.mean(dim=1, keepdim=True))
-    n_us, n_xray, _ = net.normalise(us, xray)
+    _, n_xray, _ = net.normalise(us, xray)
     moved = xray.clone()
     moved[:, :, 1:] += torch.tensor([5.0, -3.0])
     _, n_moved, _ = net.normalise(us, moved)
@@ -424,7 +424,7 @@ def test_anterior_seed_region_lifts_the_front_half_of_the_silhouette(torch):
     us, xray = _inputs(torch, seed=4)
     net = CompletionNet("early+late", n_coarse=128, xray_embedding="half_path", centre="xray", seed_share=0.5,
                         seed_region="anterior").eval()
-    normalised_us, normalised_xray, centre = net.normalise(us, xray)
+    _, normalised_xray, centre = net.normalise(us, xray)
     points, half_path = net.seed_points(normalised_xray, centre)
     assert points.shape == (1, net.n_seed, 3) and half_path.shape == (1, net.n_seed, 1)
     candidates = normalised_xray[:, ::2048 // (2 * net.n_seed)][:, :2 * net.n_seed]
@@ -434,3 +434,85 @@ def test_anterior_seed_region_lifts_the_front_half_of_the_silhouette(torch):
         assert net(us, xray)["completed"].shape == (1, 512, 3)
     with pytest.raises(SonogateError, match="seed region"):
         CompletionNet("early+late", seed_region="posterior")
+
+
+def test_second_refinement_step_starts_as_the_identity_and_exports(torch, tmp_path):
+    """``refine_steps=2``: a second step moves each completed point once more. It starts as the identity, so a
+    one-step network's weights load into it and give the same cloud; once trained it moves points, is supervised
+    at both steps, and ONNX Runtime gives what torch gives."""
+    ort = pytest.importorskip("onnxruntime")
+    from sonogate.tasks.spine.net import CompletionNet, export_onnx, parity, training_loss
+
+    config = {"mode": "early+late", "xray_embedding": "half_path", "centre": "xray", "seed_share": 0.75,
+              "us_kept_share": 0.2}
+    us, xray = _inputs(torch, batch=2, seed=6)
+    torch.manual_seed(0)
+    one_step = CompletionNet(**config).eval()
+    two_steps = CompletionNet(**config, refine_steps=2).eval()
+    loaded = two_steps.load_state_dict(one_step.state_dict(), strict=False)
+    assert not loaded.unexpected_keys and all(k.startswith("second_refiner.") for k in loaded.missing_keys)
+    with torch.no_grad():
+        assert torch.equal(one_step(us, xray)["completed"], two_steps(us, xray)["completed"])
+        torch.nn.init.normal_(two_steps.second_refiner.child[-1].weight, std=0.05)  # as if trained
+        moved = two_steps(us, xray)["completed"]
+        assert float((moved - one_step(us, xray)["completed"]).abs().max()) > 0.1
+    assert torch.allclose(moved[:, -410:], us[:, ::4][:, :410], atol=1e-4)  # kept points stay as measured
+
+    two_steps.train()
+    outputs = two_steps(us, xray, us)  # any (B, M, 3) cloud serves as a truth here
+    assert outputs["first_step"].shape == (2, 2048, 3)
+    _, parts = training_loss(outputs, us)
+    assert parts["cd_first_step"] > 0 and parts["cd_completed"] > 0
+    two_steps.eval()
+
+    session = ort.InferenceSession(str(export_onnx(two_steps, tmp_path / "two.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(["completed"], {"us_points": us.numpy(), "xray_points": xray.numpy()})[0]
+    assert parity(got, moved.numpy())["agrees"]
+    with pytest.raises(SonogateError, match="refine_steps"):
+        CompletionNet("us", refine_steps=3)
+
+
+def test_warm_start_takes_an_earlier_runs_weights(torch, phantom_cases, tmp_path, capsys):
+    """``--init-from``: a two-step run starts from a one-step run's best weights; a missing run or another mode's
+    run is refused with one line."""
+    from sonogate.tasks.spine.train import main
+
+    common = ["--data", str(phantom_cases), "--batch", "2", "--max-steps", "1", "--train-points", "128",
+              "--no-onnx", "--threads", "1", "--epochs", "1"]
+    assert main(common + ["--out", str(tmp_path / "one"), "--mode", "us"]) == 0
+    assert main(common + ["--out", str(tmp_path / "two"), "--mode", "us", "--refine-steps", "2",
+                          "--init-from", str(tmp_path / "one")]) == 0
+    assert "starting from the weights" in capsys.readouterr().err
+    state = torch.load(tmp_path / "two" / "checkpoint.pt", map_location="cpu", weights_only=False)["state"]
+    assert [(link["run"], link["epochs"]) for link in state["warm_start"]] == [(str(tmp_path / "one"), 1)]
+    assert main(common + ["--out", str(tmp_path / "three"), "--mode", "us", "--init-from", str(tmp_path / "none")]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "four"), "--mode", "late", "--init-from", str(tmp_path / "one")]) == 2
+    assert "not a run of this network" in capsys.readouterr().err
+
+
+def test_ultrasound_mid_plane_makes_the_completion_follow_a_lateral_shift(torch):
+    """``mid_plane="us"``: the X-ray's mid-sagittal plane is put at the ultrasound centroid's x, so moving the
+    ultrasound cloud sideways (a lateral radiograph cannot see that) moves the completion with it. With "frame"
+    (x = 0 of the input frame, the paper's convention) the seeds stay behind at x = 0."""
+    from sonogate.tasks.spine.net import CompletionNet
+
+    us, xray = _inputs(torch, seed=7)
+    xray[:, :, 0] = xray[:, :, 1].abs() % 12.0  # half path lengths, mm
+    shift = torch.tensor([6.0, 0.0, 0.0])
+    config = {"mode": "early+late", "n_coarse": 128, "xray_embedding": "half_path", "centre": "xray",
+              "seed_share": 0.5}
+    torch.manual_seed(0)
+    frame = CompletionNet(**config).eval()
+    follows = CompletionNet(**config, mid_plane="us").eval()
+    follows.load_state_dict(frame.state_dict())
+    with torch.no_grad():
+        moved = follows(us + shift, xray)["completed"] - shift
+        assert torch.allclose(moved, follows(us, xray)["completed"], atol=1e-3)
+        left_behind = frame(us + shift, xray)["completed"] - shift
+        assert float((left_behind - frame(us, xray)["completed"]).abs().max()) > 1.0
+        centred = us - us[:, :, :1].mean(dim=1, keepdim=True) * torch.tensor([1.0, 0.0, 0.0])
+        assert torch.allclose(frame(centred, xray)["completed"], follows(centred, xray)["completed"], atol=1e-4)
+    with pytest.raises(SonogateError, match="mid-plane"):
+        CompletionNet("early+late", mid_plane="probe")

@@ -288,7 +288,9 @@ def export_spine_bundle(run_dir, out, data=None, calib_cases: int = 64, latency_
                                     "embedding_note": "xray_points x: 0 (plane) or half the bone path length in mm "
                                                       "(half_path), from grey = 255 (1 - exp(-mu L))"},
                   "network": {**ckpt.get("net_config", {"mode": ckpt["mode"]}), "best_epoch":
-                              (ckpt.get("state") or {}).get("best_epoch"), "epochs": (ckpt.get("state") or {}).get("epoch")},
+                              (ckpt.get("state") or {}).get("best_epoch"), "epochs": (ckpt.get("state") or {}).get("epoch"),
+                              # the runs whose weights it started from, oldest first (train --init-from)
+                              "warm_start": (ckpt.get("state") or {}).get("warm_start", [])},
                   "run_test_figures": {part: {k: round(v, 4) for k, v in (mode_report.get("test") or {}).get(part, {}).items()
                                               if k in ("cd_l2_x1e4", "cd_l1_mm", "f1", "mean_mm", "p95_mm")}
                                        for part in ("body", "arch", "whole")}},

@@ -2,7 +2,9 @@
 (``model.py``), the exporter (which measures the ranges below on the training cases) and the tests share it.
 
 A case is an ultrasound cloud (``us_partial.ply`` or ``.npy``, (n, 3) mm) and a lateral radiograph (``xray.png``,
-256 x 256 grey, 0.5 mm pixels, in the geometry of ``phantom.render_xray``: registered to the ultrasound's frame).
+256 x 256 grey, 0.5 mm pixels, in the geometry of ``phantom.render_xray``: registered to the ultrasound's frame in
+(y, z); a lateral view has no x, and a network with ``mid_plane`` "us" takes its mid-sagittal plane from the
+ultrasound, while one with "frame" assumes it at x = 0 of the ultrasound's frame).
 The 2.5D X-ray cloud is made from the image by ``phantom.xray_cloud``, the same code that made the training data.
 
 What is checked (``InputRanges`` holds the limits; the exporter writes ranges measured on the training cases into

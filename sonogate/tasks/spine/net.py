@@ -76,6 +76,10 @@ CENTRES = ("us", "xray", "dual")
 # which X-ray points the seed lifts: spread over the whole silhouette, or the anterior half only (the body,
 # whose convex cross-section the -/+ L / 2 lift fits; the arch is left to the decoder and the ultrasound)
 SEED_REGIONS = ("all", "anterior")
+# where the X-ray's mid-sagittal plane is put (a lateral radiograph has no x): "frame", at x = 0 of the input frame
+# (the paper's convention: its clouds are centred on the vertebra, so x = 0 is the true mid-plane, which a real
+# ultrasound frame does not give), or "us", at the ultrasound cloud's centroid x (an estimate from the input alone)
+MID_PLANES = ("frame", "us")
 SEED_HALF_WIDTH = 0.15  # initial lateral offset of the lifted X-ray seed points: 15 mm, a lumbar body's half width
 MAX_US_KEPT_SHARE = 0.5
 COMPLETE_ENCODER_POINTS = 512  # the posterior encoder sees a strided subset of the truth (training only)
@@ -184,11 +188,15 @@ class Refiner(nn.Module):
     """Late-fusion refinement: coarse (B, 512, 3) + input clouds with source codes -> (B, 4 x 512, 3).
 
     ``two_sources``: the ultrasound and the X-ray cloud both come in (each gets its own neighbour MLP).
+    ``up_ratio``: children per parent point (4: 512 -> 2,048; 1: a second step that moves each point once).
     """
 
     def __init__(self, feature_size: int = FEATURE_SIZE, embed: int = 32, local: int = 64, hidden: int = 128,
-                 two_sources: bool = False):
+                 two_sources: bool = False, up_ratio: int = UP_RATIO):
         super().__init__()
+        if up_ratio not in (1, UP_RATIO):
+            raise SonogateError(f"a refinement step makes 1 or {UP_RATIO} children per point, not {up_ratio}")
+        self.up_ratio = up_ratio
         self.embed = nn.Sequential(nn.Conv1d(6, embed, 1), nn.ReLU(), nn.Conv1d(embed, embed, 1))
         self.global_mlp = nn.Conv1d(embed, 2 * embed, 1)
         # first layer of the neighbour MLP, split: per input point (features) + per pair (relative position)
@@ -203,8 +211,8 @@ class Refiner(nn.Module):
         self.parent_global = nn.Linear(2 * embed + feature_size, hidden)
         self.grid_code = nn.Linear(2, hidden, bias=False)
         self.child = nn.Sequential(nn.ReLU(), nn.Conv1d(hidden, 64, 1), nn.ReLU(), nn.Conv1d(64, 3, 1))
-        side = torch.linspace(-0.05, 0.05, 2)
-        grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), dim=-1).reshape(UP_RATIO, 2)
+        side = torch.linspace(-0.05, 0.05, 2) if up_ratio > 1 else torch.zeros(1)
+        grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), dim=-1).reshape(up_ratio, 2)
         self.register_buffer("grid", grid, persistent=False)
 
     @staticmethod
@@ -254,9 +262,10 @@ class Refiner(nn.Module):
             start = start + points.shape[1]  # not +=: under ONNX tracing the sizes are tensors, += would alter n_coarse
         parent = (self.parent_point(torch.cat([embedded[:, :, :n_coarse], local.transpose(1, 2)], dim=1))
                   + self.parent_global(torch.cat([global_late, feature], dim=1)).unsqueeze(2))  # (B, H, Nc)
-        children = parent.unsqueeze(3) + self.grid_code(self.grid).transpose(0, 1).reshape(1, -1, 1, UP_RATIO)
-        offsets = self.child(children.reshape(batch, -1, n_coarse * UP_RATIO))  # (B, 3, Nc * R)
-        centres = coarse.unsqueeze(2).expand(-1, -1, UP_RATIO, -1).reshape(batch, n_coarse * UP_RATIO, 3)
+        ratio = self.up_ratio
+        children = parent.unsqueeze(3) + self.grid_code(self.grid).transpose(0, 1).reshape(1, -1, 1, ratio)
+        offsets = self.child(children.reshape(batch, -1, n_coarse * ratio))  # (B, 3, Nc * R)
+        centres = coarse.unsqueeze(2).expand(-1, -1, ratio, -1).reshape(batch, n_coarse * ratio, 3)
         return centres + offsets.transpose(1, 2)
 
 
@@ -318,7 +327,8 @@ class CompletionNet(nn.Module):
     def __init__(self, mode: str = "early+late", latent_size: int = LATENT_SIZE, feature_size: int = FEATURE_SIZE,
                  encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us",
                  xray_embedding: str = "plane", seed_share: float = 0.5, seed_copies: int = 2,
-                 us_kept_share: float = 0.0, seed_region: str = "all"):
+                 us_kept_share: float = 0.0, seed_region: str = "all", refine_steps: int = 1,
+                 mid_plane: str = "frame"):
         super().__init__()
         if centre not in CENTRES:
             raise SonogateError(f"unknown normalisation centre {centre!r}; expected one of {CENTRES}")
@@ -336,6 +346,9 @@ class CompletionNet(nn.Module):
         if seed_region not in SEED_REGIONS:
             raise SonogateError(f"unknown seed region {seed_region!r}; expected one of {SEED_REGIONS}")
         self.seed_region = seed_region
+        if mid_plane not in MID_PLANES:
+            raise SonogateError(f"unknown X-ray mid-plane {mid_plane!r}; expected one of {MID_PLANES}")
+        self.mid_plane = mid_plane
         if not 0.0 <= us_kept_share <= MAX_US_KEPT_SHARE:
             raise SonogateError(f"us_kept_share must be within 0..{MAX_US_KEPT_SHARE}, got {us_kept_share}")
         self.us_kept_share = float(us_kept_share) if self.sources["refine_us"] else 0.0
@@ -360,7 +373,17 @@ class CompletionNet(nn.Module):
         self.generator = LinearResBlock(latent_size, feature_size)
         self.coarse_decoder = nn.Sequential(nn.Linear(feature_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                             nn.Linear(512, (n_coarse - seed_copies * self.n_seed) * 3))
-        self.refiner = Refiner(feature_size, two_sources=self.sources["refine_us"] and self.sources["refine_xray"])
+        two_sources = self.sources["refine_us"] and self.sources["refine_xray"]
+        self.refiner = Refiner(feature_size, two_sources=two_sources)
+        if refine_steps not in (1, 2):
+            raise SonogateError(f"refine_steps must be 1 or 2, got {refine_steps}")
+        self.refine_steps = refine_steps
+        # a second step moves each completed point once more, from its own neighbourhood in the inputs
+        self.second_refiner = (Refiner(feature_size, embed=16, local=32, hidden=64, two_sources=two_sources, up_ratio=1)
+                               if refine_steps == 2 else None)
+        if self.second_refiner is not None:  # it starts as the identity: a one-step network's weights carry over
+            nn.init.zeros_(self.second_refiner.child[-1].weight)
+            nn.init.zeros_(self.second_refiner.child[-1].bias)
 
     def split_xray(self, xray_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(X-ray points at the mid-sagittal plane (B, N, 3) mm, their half path length (B, N, 1) mm or None).
@@ -430,7 +453,9 @@ class CompletionNet(nn.Module):
             chosen = xray[:, ::stride][:, :self.n_seed]
         if self.xray_embedding != "half_path":
             return chosen, None
-        mid_plane_x = (-centre[:, :, :1] / SCALE_MM).expand(-1, chosen.shape[1], 1)
+        # normalised x = 0 is the centre's x, the ultrasound centroid's in every mode that takes the ultrasound
+        mid_plane_x = (torch.zeros_like(centre[:, :, :1]) if self.mid_plane == "us"
+                       else -centre[:, :, :1] / SCALE_MM).expand(-1, chosen.shape[1], 1)
         return torch.cat([mid_plane_x, chosen[:, :, 1:]], dim=2), chosen[:, :, :1]
 
     def decode_coarse(self, feature: torch.Tensor, latent: torch.Tensor, xray: torch.Tensor | None = None,
@@ -449,14 +474,18 @@ class CompletionNet(nn.Module):
         return coarse, feature
 
     def refine(self, coarse: torch.Tensor, feature: torch.Tensor, us: torch.Tensor,
-               xray: torch.Tensor) -> torch.Tensor:
-        """Completed cloud (B, 2048, 3) normalised from the coarse one and the inputs this mode refines with."""
+               xray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(completed cloud (B, 2048, 3), the first step's cloud (B, 2048, 3)), normalised, from the coarse one
+        and the inputs this mode refines with. With one step the two are the same points before the measured
+        ones are kept."""
         inputs = []
         if self.sources["refine_us"]:
             inputs.append((us, SOURCE_US))
         if self.sources["refine_xray"]:
             inputs.append((xray, SOURCE_XRAY))
-        return self.keep_measured(self.refiner(coarse, inputs, feature), us)
+        first = self.refiner(coarse, inputs, feature)
+        refined = first if self.second_refiner is None else self.second_refiner(first, inputs, feature)
+        return self.keep_measured(refined, us), first
 
     def keep_measured(self, completed: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
         """``completed`` (B, M, 3) with ``n_us_kept`` of its points replaced by ultrasound points (B, N, 3): every
@@ -488,7 +517,7 @@ class CompletionNet(nn.Module):
         prior_mu, prior_std = _gaussian(self.prior_head(feature))
         if not self.training:
             coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray, centre)
-            completed = self.refine(coarse, refine_feature, us, xray)
+            completed, _ = self.refine(coarse, refine_feature, us, xray)
             return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre}
         if complete is None:
             raise SonogateError("training the completion network needs the complete clouds")
@@ -499,12 +528,13 @@ class CompletionNet(nn.Module):
         # the completion path decodes the prior MEAN, exactly as inference does: a decoder trained on samples
         # (VRCNet) meets z = mean as an input it never saw, which measured 1.5-2x worse here
         coarse, refine_feature = self.decode_coarse(feature, prior_mu, xray, centre)
-        completed = self.refine(coarse, refine_feature, us, xray)
+        completed, first_step = self.refine(coarse, refine_feature, us, xray)
         coarse_reconstruction, _ = self.decode_coarse(feature, z_post, xray, centre)
         kl = (gaussian_kl(torch.zeros_like(post_mu), torch.ones_like(post_std), post_mu, post_std).mean(dim=1)
               + gaussian_kl(post_mu.detach(), post_std.detach(), prior_mu, prior_std).mean(dim=1))
+        extra = {} if self.second_refiner is None else {"first_step": first_step * SCALE_MM + centre}
         return {"completed": completed * SCALE_MM + centre, "coarse": coarse * SCALE_MM + centre,
-                "coarse_reconstruction": coarse_reconstruction * SCALE_MM + centre, "kl": kl}
+                "coarse_reconstruction": coarse_reconstruction * SCALE_MM + centre, "kl": kl, **extra}
 
 
 def training_loss(outputs: dict[str, torch.Tensor], complete: torch.Tensor, kl_weight: float = 1.0,
@@ -520,6 +550,10 @@ def training_loss(outputs: dict[str, torch.Tensor], complete: torch.Tensor, kl_w
     loss = fine_cd.mean() + coarse_weight * (coarse_cd.mean() + reconstruction_cd.mean()) + kl_weight * kl
     parts = {"cd_completed": fine_cd.mean(), "cd_coarse": coarse_cd.mean(), "cd_reconstruction":
              reconstruction_cd.mean(), "kl": kl}
+    if "first_step" in outputs:  # two refinement steps: the first is supervised too (SnowflakeNet's practice)
+        first_cd, _ = chamfer(outputs["first_step"] / SCALE_MM, target)
+        loss = loss + first_cd.mean()
+        parts["cd_first_step"] = first_cd.mean()
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 

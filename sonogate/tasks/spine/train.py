@@ -22,6 +22,11 @@
   first version; the checkpoint records the configuration (``net_config``) and refuses to resume another.
 * ``--xray-embedding half_path``: the X-ray cloud's lateral coordinate carries half the bone path length the
   radiograph measured at that pixel (``phantom.embed_xray``) instead of 0 (``plane``, the paper's z-embedding).
+* ``--mid-plane us``: the X-ray's mid-sagittal plane at the ultrasound centroid's x instead of x = 0 of the input
+  frame (which in the phantom is the true shape's centroid: a privilege no real frame gives).
+* ``--refine-steps 2``: a second refinement step that moves each completed point once more (``net.Refiner``).
+* ``--init-from RUN``: a warm start from another run's best weights (same mode; a second refinement step that run
+  lacks starts as the identity). The chain of such runs is kept in the checkpoint (``warm_start``).
 """
 
 from __future__ import annotations
@@ -213,7 +218,7 @@ def net_config(net) -> dict:
     return {"mode": net.mode, "n_coarse": net.n_coarse, "xray_seed": net.xray_seed is not None,
             "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share,
             "seed_copies": net.seed_copies, "us_kept_share": net.us_kept_share,
-            "seed_region": net.seed_region}
+            "seed_region": net.seed_region, "refine_steps": net.refine_steps, "mid_plane": net.mid_plane}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -227,7 +232,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
     net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre,
                         xray_embedding=args.xray_embedding, seed_share=args.seed_share,
                         seed_copies=args.seed_copies, us_kept_share=args.us_kept_share,
-                        seed_region=args.seed_region)
+                        seed_region=args.seed_region, refine_steps=args.refine_steps, mid_plane=args.mid_plane)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
@@ -236,7 +241,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         # runs from before the centre and the embedding existed
         saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
-                        "us_kept_share": 0.0, "seed_region": "all",
+                        "us_kept_share": 0.0, "seed_region": "all", "refine_steps": 1, "mid_plane": "frame",
                         **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
@@ -245,6 +250,23 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
         optimiser.load_state_dict(saved["optimiser"])
         state = saved["state"]
         print(f"[{mode}] resuming from {checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
+    elif args.init_from:
+        # warm start: every weight the earlier run has; a module it lacks (a second refinement step) keeps its own
+        # initialisation, which for that step is the identity
+        earlier_path = Path(args.init_from) / "checkpoint.pt"
+        if not earlier_path.is_file():
+            raise SonogateError(f"--init-from {args.init_from}: no checkpoint.pt there")
+        earlier = torch.load(earlier_path, map_location="cpu", weights_only=False)
+        weights = earlier["state"].get("best_state") or earlier["model"]
+        result = net.load_state_dict(weights, strict=False)
+        earlier_state = earlier["state"]
+        state["warm_start"] = [*earlier_state.get("warm_start", []),
+                               {"run": str(args.init_from), "net_config": earlier.get("net_config"),
+                                "epochs": earlier_state["epoch"], "best_epoch": earlier_state.get("best_epoch")}]
+        if result.unexpected_keys or any(not k.startswith("second_refiner.") for k in result.missing_keys):
+            raise SonogateError(f"{args.init_from} is not a run of this network ({earlier.get('net_config')})")
+        print(f"[{mode}] starting from the weights of {args.init_from} (epoch {earlier_state.get('best_epoch')})",
+              file=sys.stderr)
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     started = time.monotonic()
@@ -381,6 +403,14 @@ def parse_args(argv=None):
                         help="share of the output that is ultrasound input points, kept as measured (net)")
     parser.add_argument("--xray-embedding", choices=("plane", "half_path"), default="plane",
                         help="the X-ray cloud's x: 0 (plane, the paper's) or half the bone path length (half_path)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from the best weights of an earlier run folder of the same mode (a warm start; a "
+                             "second refinement step it lacks starts as the identity)")
+    parser.add_argument("--mid-plane", choices=("frame", "us"), default="frame",
+                        help="the X-ray's mid-sagittal plane: x = 0 of the input frame (the paper's convention) or the "
+                             "ultrasound centroid's x (net)")
+    parser.add_argument("--refine-steps", type=int, choices=(1, 2), default=1,
+                        help="refinement steps: 1 (512 -> 2,048) or 2 (then each point moved once more) (net)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or not 16 <= args.train_points <= N_POINTS:
         parser.error("--epochs and --batch must be >= 1 and --train-points within 16..2048")
