@@ -335,6 +335,7 @@ class CompletionNet(nn.Module):
         if xray_embedding not in XRAY_EMBEDDINGS:
             raise SonogateError(f"unknown X-ray embedding {xray_embedding!r}; expected one of {XRAY_EMBEDDINGS}")
         self.mode = mode
+        self.encoder_width = int(encoder_width)
         self.centre = centre
         self.xray_embedding = xray_embedding
         self.n_coarse = n_coarse

@@ -218,7 +218,8 @@ def net_config(net) -> dict:
     return {"mode": net.mode, "n_coarse": net.n_coarse, "xray_seed": net.xray_seed is not None,
             "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share,
             "seed_copies": net.seed_copies, "us_kept_share": net.us_kept_share,
-            "seed_region": net.seed_region, "refine_steps": net.refine_steps, "mid_plane": net.mid_plane}
+            "seed_region": net.seed_region, "refine_steps": net.refine_steps, "mid_plane": net.mid_plane,
+            "encoder_width": net.encoder_width}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -232,7 +233,8 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
     net = CompletionNet(mode, xray_seed=not args.no_xray_seed, centre=args.centre,
                         xray_embedding=args.xray_embedding, seed_share=args.seed_share,
                         seed_copies=args.seed_copies, us_kept_share=args.us_kept_share,
-                        seed_region=args.seed_region, refine_steps=args.refine_steps, mid_plane=args.mid_plane)
+                        seed_region=args.seed_region, refine_steps=args.refine_steps, mid_plane=args.mid_plane,
+                        encoder_width=args.encoder_width)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
@@ -242,6 +244,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
         # runs from before the centre and the embedding existed
         saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
                         "us_kept_share": 0.0, "seed_region": "all", "refine_steps": 1, "mid_plane": "frame",
+                        "encoder_width": 32,
                         **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
@@ -409,6 +412,8 @@ def parse_args(argv=None):
     parser.add_argument("--mid-plane", choices=("frame", "us"), default="frame",
                         help="the X-ray's mid-sagittal plane: x = 0 of the input frame (the paper's convention) or the "
                              "ultrasound centroid's x (net)")
+    parser.add_argument("--encoder-width", type=int, default=32,
+                        help="PointNet encoder width (its global feature is 4x this before the projection) (net)")
     parser.add_argument("--refine-steps", type=int, choices=(1, 2), default=1,
                         help="refinement steps: 1 (512 -> 2,048) or 2 (then each point moved once more) (net)")
     args = parser.parse_args(argv)
