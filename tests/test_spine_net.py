@@ -520,14 +520,15 @@ def test_ultrasound_mid_plane_makes_the_completion_follow_a_lateral_shift(torch)
 
 def test_net_config_rebuilds_the_same_network(torch):
     """``train.net_config``: the constructor arguments a checkpoint keeps rebuild a network with the same weights'
-    shapes, the session-17 switches (encoder width, refinement steps, mid-plane) included."""
+    shapes, the session-17 switches (encoder width, refiner width, refinement steps, mid-plane) included."""
     from sonogate.tasks.spine.net import CompletionNet
     from sonogate.tasks.spine.train import net_config
 
-    net = CompletionNet("early+late", n_coarse=128, encoder_width=16, refine_steps=2, mid_plane="us",
+    net = CompletionNet("early+late", n_coarse=128, encoder_width=16, refine_steps=2, mid_plane="us", refiner_scale=2,
                         xray_embedding="half_path", centre="xray", seed_share=0.5, us_kept_share=0.1)
     config = net_config(net)
     assert config["encoder_width"] == 16 and config["refine_steps"] == 2 and config["mid_plane"] == "us"
+    assert config["refiner_scale"] == 2 and net.refiner.parent_point.out_channels == 256
     rebuilt = CompletionNet(**config)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
     assert net.us_encoder.first[0].out_channels == 16

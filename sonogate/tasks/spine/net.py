@@ -328,7 +328,7 @@ class CompletionNet(nn.Module):
                  encoder_width: int = 32, n_coarse: int = N_COARSE, xray_seed: bool = True, centre: str = "us",
                  xray_embedding: str = "plane", seed_share: float = 0.5, seed_copies: int = 2,
                  us_kept_share: float = 0.0, seed_region: str = "all", refine_steps: int = 1,
-                 mid_plane: str = "frame"):
+                 mid_plane: str = "frame", refiner_scale: int = 1):
         super().__init__()
         if centre not in CENTRES:
             raise SonogateError(f"unknown normalisation centre {centre!r}; expected one of {CENTRES}")
@@ -375,7 +375,11 @@ class CompletionNet(nn.Module):
         self.coarse_decoder = nn.Sequential(nn.Linear(feature_size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                             nn.Linear(512, (n_coarse - seed_copies * self.n_seed) * 3))
         two_sources = self.sources["refine_us"] and self.sources["refine_xray"]
-        self.refiner = Refiner(feature_size, two_sources=two_sources)
+        if refiner_scale < 1:
+            raise SonogateError(f"refiner_scale must be >= 1, got {refiner_scale}")
+        self.refiner_scale = int(refiner_scale)
+        self.refiner = Refiner(feature_size, embed=32 * refiner_scale, local=64 * refiner_scale,
+                               hidden=128 * refiner_scale, two_sources=two_sources)
         if refine_steps not in (1, 2):
             raise SonogateError(f"refine_steps must be 1 or 2, got {refine_steps}")
         self.refine_steps = refine_steps

@@ -219,7 +219,7 @@ def net_config(net) -> dict:
             "centre": net.centre, "xray_embedding": net.xray_embedding, "seed_share": net.seed_share,
             "seed_copies": net.seed_copies, "us_kept_share": net.us_kept_share,
             "seed_region": net.seed_region, "refine_steps": net.refine_steps, "mid_plane": net.mid_plane,
-            "encoder_width": net.encoder_width}
+            "encoder_width": net.encoder_width, "refiner_scale": net.refiner_scale}
 
 
 def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> tuple[object, dict]:
@@ -234,7 +234,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
                         xray_embedding=args.xray_embedding, seed_share=args.seed_share,
                         seed_copies=args.seed_copies, us_kept_share=args.us_kept_share,
                         seed_region=args.seed_region, refine_steps=args.refine_steps, mid_plane=args.mid_plane,
-                        encoder_width=args.encoder_width)
+                        encoder_width=args.encoder_width, refiner_scale=args.refiner_scale)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "seconds": 0.0,
@@ -244,7 +244,7 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
         # runs from before the centre and the embedding existed
         saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
                         "us_kept_share": 0.0, "seed_region": "all", "refine_steps": 1, "mid_plane": "frame",
-                        "encoder_width": 32,
+                        "encoder_width": 32, "refiner_scale": 1,
                         **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
@@ -414,6 +414,8 @@ def parse_args(argv=None):
                              "ultrasound centroid's x (net)")
     parser.add_argument("--encoder-width", type=int, default=32,
                         help="PointNet encoder width (its global feature is 4x this before the projection) (net)")
+    parser.add_argument("--refiner-scale", type=int, default=1,
+                        help="widths of the first refinement step x this (1: 32 / 64 / 128) (net)")
     parser.add_argument("--refine-steps", type=int, choices=(1, 2), default=1,
                         help="refinement steps: 1 (512 -> 2,048) or 2 (then each point moved once more) (net)")
     args = parser.parse_args(argv)
