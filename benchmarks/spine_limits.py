@@ -47,18 +47,10 @@ def _cd(summary: dict) -> dict:
     return {part: round(summary[part]["cd_l2_x1e4"], 3) for part in PARTS}
 
 
-def furthest_point_sample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    chosen = [int(rng.integers(len(points)))]
-    nearest = ((points - points[chosen[0]]) ** 2).sum(1)
-    for _ in range(n - 1):
-        chosen.append(int(nearest.argmax()))
-        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(1))
-    return points[chosen]
-
-
 def metric_floor(test, n_cases: int) -> dict:
     from sonogate.tasks.spine import shapes
     from sonogate.tasks.spine.export import body_arch
+    from sonogate.tasks.spine.raster import furthest_point_sample
 
     sources = {s.source_id: s for s in shapes.source_shapes(levels=shapes.LUMBAR_LEVELS)}
     truths, uniform, blue, worst_check = [], [], [], 0.0
@@ -73,7 +65,8 @@ def metric_floor(test, n_cases: int) -> dict:
         other = np.random.default_rng([seed, 99])
         truths.append(truth)
         uniform.append(shapes.sample_surface(shape, len(truth), other))
-        blue.append(furthest_point_sample(shapes.sample_surface(shape, BLUE_NOISE_POOL, other), len(truth), other))
+        pool = shapes.sample_surface(shape, BLUE_NOISE_POOL, other)
+        blue.append(pool[furthest_point_sample(pool, len(truth), start=int(other.integers(len(pool))))])
     if worst_check > 1e-3:
         raise SystemExit(f"the rebuilt surfaces do not reproduce complete.ply (max {worst_check:.3g} mm): "
                          "different meshes or phantom code")

@@ -241,11 +241,8 @@ def train_mode(mode: str, train: CaseSet, val: CaseSet, run_dir: Path, args) -> 
              "rng": np.random.default_rng(args.seed).bit_generator.state}
     if checkpoint_path.is_file():
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        # runs from before the centre and the embedding existed
-        saved_config = {"centre": "us", "xray_embedding": "plane", "seed_share": 0.5, "seed_copies": 2,
-                        "us_kept_share": 0.0, "seed_region": "all", "refine_steps": 1, "mid_plane": "frame",
-                        "encoder_width": 32, "refiner_scale": 1,
-                        **saved.get("net_config", net_config(net))}
+        # a run from before a switch existed lacks its key: it was trained with the constructor's default
+        saved_config = {**net_config(CompletionNet(mode)), **saved.get("net_config", net_config(net))}
         if saved.get("mode") != mode or saved_config != net_config(net):
             raise SonogateError(f"{checkpoint_path} is a {saved.get('mode')!r} run {saved.get('net_config')}, not "
                                  f"{mode!r} {net_config(net)}: use another --out")
